@@ -1,0 +1,1 @@
+"""structrl.world_models."""
