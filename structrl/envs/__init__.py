@@ -1,5 +1,17 @@
 """Gymnasium environments and wrappers."""
 
+from structrl.envs.atari import CswmAtariWrapper, make_cswm_atari_env, preprocess_frame
+from structrl.envs.block_pushing import BlockPushingEnv
 from structrl.envs.minigrid import MissionTokenWrapper, make_minigrid_env, mission_vocabulary
+from structrl.envs.registration import register_envs
 
-__all__ = ["MissionTokenWrapper", "make_minigrid_env", "mission_vocabulary"]
+__all__ = [
+    "BlockPushingEnv",
+    "CswmAtariWrapper",
+    "MissionTokenWrapper",
+    "make_cswm_atari_env",
+    "make_minigrid_env",
+    "mission_vocabulary",
+    "preprocess_frame",
+    "register_envs",
+]
