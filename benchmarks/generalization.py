@@ -1,0 +1,173 @@
+"""Generalisation benchmark of the RIM paper's MiniGrid experiments (README tables of the seed repository).
+
+Each variant (RIM Kt=4 Ka=3, RIM Kt=4 Ka=2, LSTM) is trained on the starred environment of a task with the
+zoo hyperparameters, for several seeds, then evaluated on the larger environments of the task; the table
+gives the mean ± std over seeds of the success rate and of the mean return.
+
+    python benchmarks/generalization.py --task empty --seeds 3
+    python benchmarks/generalization.py --task doorkey --algo a2c --timesteps 100000
+
+The benchmark is resumable: a finished run whose ``results.json`` exists is skipped, an interrupted run
+continues from its saved model, and a trained run without results is only evaluated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from structrl.agents.config import build_config
+from structrl.agents.evaluation import generalize, load_model, write_json
+from structrl.agents.training import CHECKPOINT_DIR, MODEL_FILE, read_progress, resume, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: task -> (training environment, evaluation environments)
+TASKS: dict[str, tuple[str, list[str]]] = {
+    "empty": (
+        "MiniGrid-Empty-5x5-v0",
+        [
+            "MiniGrid-Empty-5x5-v0",
+            "MiniGrid-Empty-6x6-v0",
+            "MiniGrid-Empty-8x8-v0",
+            "MiniGrid-Empty-16x16-v0",
+        ],
+    ),
+    "doorkey": (
+        "MiniGrid-DoorKey-5x5-v0",
+        [
+            "MiniGrid-DoorKey-5x5-v0",
+            "MiniGrid-DoorKey-6x6-v0",
+            "MiniGrid-DoorKey-8x8-v0",
+            "MiniGrid-DoorKey-16x16-v0",
+        ],
+    ),
+    "multiroom": (
+        "MiniGrid-MultiRoom-N2-S4-v0",
+        ["MiniGrid-MultiRoom-N2-S4-v0", "MiniGrid-MultiRoom-N4-S5-v0", "MiniGrid-MultiRoom-N6-v0"],
+    ),
+}
+
+#: table label -> variant of the zoo entry (None: the default entry)
+VARIANTS: dict[str, str | None] = {"RIM (Kt=4, Ka=3)": None, "RIM (Kt=4, Ka=2)": "rim-ka2", "LSTM": "lstm"}
+
+ZOO_FILES = {"ppo": ROOT / "zoo" / "ppo_lstm.yml", "a2c": ROOT / "zoo" / "a2c_lstm.yml"}
+
+
+def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: Path) -> list[dict[str, Any]]:
+    """Train (or resume) one variant and seed, evaluate it; reuse the results if they exist."""
+    results_file = run_dir / "results.json"
+    if results_file.is_file():
+        return json.loads(results_file.read_text())["results"]
+    train_env, eval_envs = TASKS[args.task]
+    status = read_progress(run_dir).get("status")
+    if status == "running" and not list((run_dir / CHECKPOINT_DIR).glob("*.zip")):
+        status = None  # killed before its first checkpoint: start again
+    if status in ("interrupted", "running"):
+        resume(run_dir, threads=args.threads, progress_bar=args.progress)
+    elif status != "finished":
+        config = build_config(
+            args.algo,
+            train_env,
+            hyperparams_file=ZOO_FILES[args.algo],
+            variant=variant,
+            n_timesteps=args.timesteps,
+            seed=seed,
+        )
+        train(config, run_dir, threads=args.threads, progress_bar=args.progress)
+    model = load_model(run_dir / MODEL_FILE)
+    results = generalize(model, eval_envs, episodes=args.episodes, deterministic=args.deterministic)
+    write_json(results_file, {"variant": variant, "seed": seed, "results": results})
+    return results
+
+
+def summarise(table: dict[str, list[list[dict[str, Any]]]], eval_envs: list[str]) -> dict[str, Any]:
+    """Mean and std over seeds of the success rate and mean return, per variant and environment."""
+    summary: dict[str, Any] = {}
+    for label, runs in table.items():
+        summary[label] = {}
+        for index, env_id in enumerate(eval_envs):
+            success = np.array([run[index]["success_rate"] for run in runs])
+            returns = np.array([run[index]["mean_return"] for run in runs])
+            summary[label][env_id] = {
+                "success_rate_mean": float(success.mean()),
+                "success_rate_std": float(success.std()),
+                "mean_return_mean": float(returns.mean()),
+                "mean_return_std": float(returns.std()),
+                "seeds": len(runs),
+            }
+    return summary
+
+
+def markdown(summary: dict[str, Any], eval_envs: list[str], train_env: str) -> str:
+    """The summary as a Markdown table: success rate and mean return, mean ± std over seeds."""
+    header = ["Model"] + [env_id + (" *" if env_id == train_env else "") for env_id in eval_envs]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for label, cells in summary.items():
+        row = [label]
+        for env_id in eval_envs:
+            cell = cells[env_id]
+            row.append(
+                f"{cell['success_rate_mean']:.2f} ± {cell['success_rate_std']:.2f} "
+                f"({cell['mean_return_mean']:.2f} ± {cell['mean_return_std']:.2f})"
+            )
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Run the benchmark.
+
+    :param argv: the arguments (default: ``sys.argv[1:]``)
+    :return: the exit code
+    """
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--task", choices=list(TASKS), required=True)
+    parser.add_argument("--algo", choices=list(ZOO_FILES), default="ppo")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per variant (1, 2, ...)")
+    parser.add_argument("--timesteps", type=int, help="training budget (default: the zoo file's)")
+    parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per environment")
+    parser.add_argument("--deterministic", action="store_true", help="evaluate the most probable actions")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--progress", action="store_true", help="show training progress bars")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+
+    train_env, eval_envs = TASKS[args.task]
+    budget = "zoo" if args.timesteps is None else str(args.timesteps)
+    root = args.out / args.task / f"{args.algo}-{budget}"
+    table: dict[str, list[list[dict[str, Any]]]] = {}
+    for label, variant in VARIANTS.items():
+        table[label] = []
+        for seed in range(1, args.seeds + 1):
+            run_dir = root / (variant or "rim-ka3") / f"seed{seed}"
+            begin = time.perf_counter()
+            table[label].append(run_one(args, variant, seed, run_dir))
+            print(
+                f"{label}, seed {seed}: done in {time.perf_counter() - begin:.0f} s ({run_dir})", flush=True
+            )
+
+    summary = summarise(table, eval_envs)
+    print(f"\nSuccess rate (mean return), mean ± std over {args.seeds} seeds; trained on {train_env} (*):\n")
+    print(markdown(summary, eval_envs, train_env))
+    summary_file = root / "summary.json"
+    write_json(
+        summary_file,
+        {"task": args.task, "algo": args.algo, "timesteps": args.timesteps, "episodes": args.episodes,
+         "deterministic": args.deterministic, "seeds": args.seeds, "summary": summary},
+    )  # fmt: skip
+    print(f"\nwrote {summary_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

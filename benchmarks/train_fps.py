@@ -1,0 +1,132 @@
+"""RecurrentPPO training speed with the RIM policy against the LSTM baseline on MiniGrid-Empty-5x5-v0.
+
+Each configuration trains for ``--timesteps`` steps on 8 DummyVecEnv envs with one torch thread; the script
+reports total steps per second (rollouts and updates, like SB3's ``fps``), rollout-only steps per second and
+seconds per update, best of ``--repeats`` runs (interleaved, so outside load hits every configuration alike).
+
+    python benchmarks/train_fps.py --timesteps 8192 --repeats 2 --json benchmarks/results/train_fps.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+
+from structrl.envs import make_minigrid_env
+from structrl.policies import MiniGridLstmPolicy, RIMPolicy
+
+CONFIGS: dict[str, tuple[type, dict[str, Any]]] = {
+    "RIM Kt=4x16 Ka=3 (actor+critic RIMs)": (RIMPolicy, {}),
+    "LSTM 64 (actor+critic LSTMs)": (MiniGridLstmPolicy, {}),
+    "RIM Kt=4x16 Ka=3 (shared)": (RIMPolicy, {"shared_lstm": True, "enable_critic_lstm": False}),
+    "LSTM 64 (shared)": (MiniGridLstmPolicy, {"shared_lstm": True, "enable_critic_lstm": False}),
+}
+
+
+class _RolloutTimer(BaseCallback):
+    """Accumulates the wall time spent collecting rollouts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rollout_seconds = 0.0
+        self._start = 0.0
+
+    def _on_rollout_start(self) -> None:
+        self._start = time.perf_counter()
+
+    def _on_rollout_end(self) -> None:
+        self.rollout_seconds += time.perf_counter() - self._start
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def run(
+    policy: type, policy_kwargs: dict[str, Any], timesteps: int, n_envs: int, seed: int
+) -> dict[str, float]:
+    env = make_vec_env(
+        make_minigrid_env, n_envs=n_envs, seed=seed, env_kwargs={"env_id": "MiniGrid-Empty-5x5-v0"}
+    )
+    model = RecurrentPPO(
+        policy,
+        env,
+        n_steps=128,
+        batch_size=256,
+        n_epochs=4,
+        policy_kwargs=policy_kwargs,
+        seed=seed,
+        device="cpu",
+    )
+    timer = _RolloutTimer()
+    start = time.perf_counter()
+    model.learn(timesteps, callback=timer)
+    total = time.perf_counter() - start
+    updates = timesteps // (128 * n_envs)
+    return {
+        "fps": model.num_timesteps / total,
+        "rollout_fps": model.num_timesteps / timer.rollout_seconds,
+        "train_seconds_per_update": (total - timer.rollout_seconds) / max(updates, 1),
+        "params": float(sum(p.numel() for p in model.policy.parameters())),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--timesteps", type=int, default=8192)
+    parser.add_argument("--n-envs", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/train_fps.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    best: dict[str, dict[str, float]] = {}
+    for repeat in range(args.repeats):
+        for name, (policy, kwargs) in CONFIGS.items():
+            result = run(policy, kwargs, args.timesteps, args.n_envs, seed=repeat)
+            if name not in best or result["fps"] > best[name]["fps"]:
+                best[name] = result
+
+    print(
+        f"RecurrentPPO on MiniGrid-Empty-5x5-v0, {args.n_envs} envs, {args.timesteps} steps, "
+        f"best of {args.repeats}"
+    )
+    print("| policy | total FPS | rollout FPS | train s/update | params |")
+    print("|---|---|---|---|---|")
+    for name, result in best.items():
+        print(
+            f"| {name} | {result['fps']:.0f} | {result['rollout_fps']:.0f} | "
+            f"{result['train_seconds_per_update']:.2f} | {result['params']:.0f} |"
+        )
+    ratios = {
+        "separate": best["RIM Kt=4x16 Ka=3 (actor+critic RIMs)"]["fps"]
+        / best["LSTM 64 (actor+critic LSTMs)"]["fps"],
+        "shared": best["RIM Kt=4x16 Ka=3 (shared)"]["fps"] / best["LSTM 64 (shared)"]["fps"],
+    }
+    print(
+        f"RIM/LSTM FPS ratio: separate cores {ratios['separate']:.2f}, "
+        f"shared core {ratios['shared']:.2f} (target >= 0.6)"
+    )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.json.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps(
+            {"config": vars(args) | {"json": str(args.json)}, "results": best, "ratios": ratios}, indent=2
+        )
+    )
+    os.replace(tmp, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,342 @@
+"""Evaluation of trained agents: episode statistics, generalisation to other environments, GIF recordings.
+
+MiniGrid pays a reward only when the agent reaches its goal (``1 - 0.9 * steps / max_steps``), so an
+episode is a success when its return is positive. The 7x7 egocentric view keeps the observation shape the
+same on every grid size, so a model trained on ``MiniGrid-Empty-5x5-v0`` runs unchanged on the 16x16 grid.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import gymnasium as gym
+import numpy as np
+import yaml
+from gymnasium import spaces
+from PIL import Image
+from rl_zoo3.utils import get_wrapper_class
+from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.vec_env import VecTransposeImage
+
+from structrl.agents.config import ConfigError, TrainConfig
+from structrl.agents.recurrent_a2c import RecurrentA2C
+from structrl.envs import make_minigrid_env
+
+#: The algorithm classes :func:`load_model` recognises, by name.
+ALGORITHM_CLASSES: dict[str, type[BaseAlgorithm]] = {
+    cls.__name__: cls for cls in (RecurrentPPO, RecurrentA2C, PPO, A2C)
+}
+
+
+class ModelLoadError(ValueError):
+    """A model file that is missing or is not a Stable-Baselines3 / structrl model."""
+
+
+def saved_config(model_path: str | Path) -> TrainConfig | None:
+    """
+    The structrl configuration of a model: the ``config.yml`` of its run directory, which is the model's
+    folder, or its parent for a checkpoint.
+
+    :param model_path: path of a ``.zip`` model
+    :return: the configuration, or ``None`` if there is no structrl ``config.yml``
+    """
+    folder = Path(model_path).resolve().parent
+    for candidate in (folder / "config.yml", folder.parent / "config.yml"):
+        if not candidate.is_file():
+            continue
+        try:
+            data = yaml.safe_load(candidate.read_text())
+            return TrainConfig.from_dict(data) if isinstance(data, dict) else None
+        except (yaml.YAMLError, ConfigError, TypeError):
+            return None
+    return None
+
+
+def _detect_algorithm(path: Path) -> type[BaseAlgorithm]:
+    """Find the algorithm class of an SB3 zip from its saved data (without loading the parameters)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if "data" not in names or "policy.pth" not in names:
+                raise ModelLoadError(f"{path} is a zip file but not a Stable-Baselines3/structrl model")
+            data = json.loads(archive.read("data"))
+    except zipfile.BadZipFile as error:
+        raise ModelLoadError(f"{path} is not a Stable-Baselines3/structrl model (not a zip file)") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelLoadError(f"{path} is not a Stable-Baselines3/structrl model (unreadable data)") from error
+    try:
+        policy_class = cloudpickle.loads(base64.b64decode(data["policy_class"][":serialized:"]))
+    except Exception as error:
+        raise ModelLoadError(f"cannot read the policy class of {path}: {error}") from error
+    if not isinstance(policy_class, type):
+        raise ModelLoadError(f"{path} does not name a policy class")
+    if issubclass(policy_class, RecurrentActorCriticPolicy):
+        optimizer = str(data.get("policy_kwargs", {}).get("optimizer_class", ""))
+        a2c_like = data.get("n_epochs") == 1 and "RMSprop" in optimizer
+        return RecurrentA2C if a2c_like else RecurrentPPO
+    return PPO if "n_epochs" in data else A2C
+
+
+def load_model(path: str | Path, device: str = "auto") -> BaseAlgorithm:
+    """
+    Load a model saved by ``structrl train``, rl_zoo3 or any SB3 ``save``, detecting its algorithm class
+    (RecurrentPPO, RecurrentA2C, PPO or A2C) from the ``config.yml`` of its run directory or, failing that,
+    from the policy class and settings stored in the zip: a recurrent policy trained with one epoch and
+    RMSprop is taken for RecurrentA2C, other recurrent ones for RecurrentPPO (both classes predict alike).
+
+    :param path: the ``.zip`` file
+    :param device: torch device
+    :return: the model
+    :raises ModelLoadError: if the file is missing or is not a Stable-Baselines3/structrl model
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} not found")
+    config = saved_config(path)
+    algorithm = _detect_algorithm(path) if config is None else config.algorithm_class()
+    try:
+        return algorithm.load(path, device=device)
+    except Exception as error:
+        raise ModelLoadError(f"cannot load {path} as a {algorithm.__name__} model: {error}") from error
+
+
+def env_factory(model: BaseAlgorithm, env_wrapper: Any = None) -> Callable[..., gym.Env]:
+    """
+    A function that makes an environment observed the way ``model`` was trained.
+
+    :param model: the model
+    :param env_wrapper: the training run's ``env_wrapper`` specification (rl_zoo3 format); ``None`` uses
+        :func:`structrl.envs.make_minigrid_env`, with the tokenised mission if the model observes a ``Dict``
+    :return: a function ``(env_id, **make_kwargs) -> env``
+    """
+    if env_wrapper is None:
+        mission = isinstance(model.observation_space, spaces.Dict)
+
+        def make_default(env_id: str, **make_kwargs: Any) -> gym.Env:
+            return make_minigrid_env(env_id, mission=mission, **make_kwargs)
+
+        return make_default
+    wrapper = get_wrapper_class({"env_wrapper": env_wrapper})
+
+    def make_wrapped(env_id: str, **make_kwargs: Any) -> gym.Env:
+        env = gym.make(env_id, **make_kwargs)
+        return env if wrapper is None else wrapper(env)
+
+    return make_wrapped
+
+
+def _same_observations(env_space: spaces.Space, model_space: spaces.Space) -> bool:
+    """Whether an env's observations fit a model (whose image spaces SB3 may have made channels-first)."""
+    if isinstance(env_space, spaces.Dict) and isinstance(model_space, spaces.Dict):
+        return env_space.keys() == model_space.keys() and all(
+            _same_observations(env_space[key], model_space[key]) for key in env_space
+        )
+    if type(env_space) is not type(model_space):
+        return False
+    if env_space.shape == model_space.shape:
+        return True
+    if not (isinstance(env_space, spaces.Box) and is_image_space(env_space)):
+        return False
+    return VecTransposeImage.transpose_space(env_space).shape == model_space.shape
+
+
+def _check_spaces(model: BaseAlgorithm, env_id: str, observation_space: spaces.Space) -> None:
+    if not _same_observations(observation_space, model.observation_space):
+        raise ConfigError(
+            f"{env_id} observations {observation_space} do not match the model's {model.observation_space}"
+        )
+
+
+def evaluate(
+    model: BaseAlgorithm,
+    env_id: str,
+    episodes: int = 100,
+    deterministic: bool = False,
+    seed: int = 0,
+    n_envs: int = 8,
+    env_wrapper: Any = None,
+) -> dict[str, Any]:
+    """
+    Run exactly ``episodes`` episodes and summarise them.
+
+    Episodes are split evenly over ``n_envs`` seeded environments before the run (SB3's
+    ``evaluate_policy``), so short episodes are not over-represented; recurrent state is reset at each
+    episode start.
+
+    :param model: the agent
+    :param env_id: Gymnasium environment id
+    :param episodes: number of episodes
+    :param deterministic: take the most probable action instead of sampling
+    :param seed: environment ``i`` is seeded with ``seed + i``
+    :param n_envs: parallel environments
+    :param env_wrapper: the training run's ``env_wrapper`` specification (see :func:`env_factory`)
+    :return: ``env_id``, ``episodes``, ``deterministic``, ``seed``, ``success_rate``, ``mean_return``,
+        ``std_return``, ``mean_length``, ``std_length``, ``episode_returns`` and ``episode_lengths``
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be positive, got {episodes}")
+    make_env = env_factory(model, env_wrapper)
+    probe = make_env(env_id)
+    probe.close()
+    _check_spaces(model, env_id, probe.observation_space)
+    env = make_vec_env(make_env, n_envs=min(n_envs, episodes), seed=seed, env_kwargs={"env_id": env_id})
+    try:
+        returns, lengths = evaluate_policy(
+            model, env, n_eval_episodes=episodes, deterministic=deterministic, return_episode_rewards=True
+        )
+    finally:
+        env.close()
+    episode_returns = np.asarray(returns, dtype=float)
+    episode_lengths = np.asarray(lengths, dtype=int)
+    assert len(episode_returns) == episodes, f"expected {episodes} episodes, got {len(episode_returns)}"
+    return {
+        "env_id": env_id,
+        "episodes": episodes,
+        "deterministic": deterministic,
+        "seed": seed,
+        "success_rate": float(np.mean(episode_returns > 0)),
+        "mean_return": float(np.mean(episode_returns)),
+        "std_return": float(np.std(episode_returns)),
+        "mean_length": float(np.mean(episode_lengths)),
+        "std_length": float(np.std(episode_lengths)),
+        "episode_returns": episode_returns.tolist(),
+        "episode_lengths": episode_lengths.tolist(),
+    }
+
+
+def generalize(
+    model: BaseAlgorithm,
+    env_ids: Sequence[str],
+    episodes: int = 100,
+    deterministic: bool = False,
+    seed: int = 0,
+    n_envs: int = 8,
+    env_wrapper: Any = None,
+) -> list[dict[str, Any]]:
+    """
+    Evaluate one model on several environments (for example larger grids than the training one).
+
+    :param model: the agent
+    :param env_ids: the environment ids, in table order
+    :param episodes: episodes per environment
+    :param deterministic: take the most probable action instead of sampling
+    :param seed: seed of the evaluation environments
+    :param n_envs: parallel environments
+    :param env_wrapper: the training run's ``env_wrapper`` specification (see :func:`env_factory`)
+    :return: one :func:`evaluate` result per environment
+    """
+    return [evaluate(model, env_id, episodes, deterministic, seed, n_envs, env_wrapper) for env_id in env_ids]
+
+
+def markdown_table(results: Sequence[dict[str, Any]]) -> str:
+    """
+    Render evaluation results as a Markdown table, one row per environment.
+
+    :param results: :func:`evaluate` results
+    :return: the table (no trailing newline)
+    """
+    lines = [
+        "| environment | episodes | success rate | mean return | mean length |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        lines.append(
+            f"| {result['env_id']} | {result['episodes']} | {result['success_rate']:.2f} "
+            f"| {result['mean_return']:.3f} ± {result['std_return']:.3f} "
+            f"| {result['mean_length']:.1f} ± {result['std_length']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """
+    Write JSON atomically (temporary file in the same directory, then ``os.replace``).
+
+    :param path: destination
+    :param data: JSON-serialisable data
+    """
+    path = Path(path)
+    text = json.dumps(data, indent=2) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
+        file.write(text)
+    os.replace(file.name, path)
+
+
+def _frame(env: gym.Env) -> Image.Image:
+    frame = env.render()
+    assert isinstance(frame, np.ndarray), f"render() returned {type(frame).__name__}, not an RGB array"
+    return Image.fromarray(frame)
+
+
+def record(
+    model: BaseAlgorithm,
+    env_id: str,
+    out_gif: str | Path,
+    episodes: int = 3,
+    deterministic: bool = False,
+    seed: int = 0,
+    fps: int = 8,
+    env_wrapper: Any = None,
+) -> dict[str, Any]:
+    """
+    Record episodes of the agent to an animated GIF (frames rendered with ``render_mode="rgb_array"``).
+
+    :param model: the agent
+    :param env_id: Gymnasium environment id
+    :param out_gif: the GIF file to write (atomically)
+    :param episodes: number of episodes
+    :param deterministic: take the most probable action instead of sampling
+    :param seed: seed of the environment (reset once with it)
+    :param fps: frames per second of the animation
+    :param env_wrapper: the training run's ``env_wrapper`` specification (see :func:`env_factory`)
+    :return: ``frames`` (the number written) and ``episode_returns``
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be positive, got {episodes}")
+    env = env_factory(model, env_wrapper)(env_id, render_mode="rgb_array")
+    frames: list[Image.Image] = []
+    episode_returns: list[float] = []
+    try:
+        _check_spaces(model, env_id, env.observation_space)
+        observation, _ = env.reset(seed=seed)
+        for _ in range(episodes):
+            state = None
+            episode_start = np.ones((1,), dtype=bool)
+            total, done = 0.0, False
+            frames.append(_frame(env))
+            while not done:
+                action, state = model.predict(
+                    observation, state=state, episode_start=episode_start, deterministic=deterministic
+                )
+                observation, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                done = terminated or truncated
+                episode_start[:] = False
+                frames.append(_frame(env))
+            episode_returns.append(total)
+            observation, _ = env.reset()
+    finally:
+        env.close()
+    out_gif = Path(out_gif)
+    out_gif.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out_gif.parent, prefix=f".{out_gif.name}.", delete=False) as file:
+        frames[0].save(
+            file, format="GIF", save_all=True, append_images=frames[1:], duration=1000 // fps, loop=0
+        )
+    os.replace(file.name, out_gif)
+    return {"frames": len(frames), "episode_returns": episode_returns}

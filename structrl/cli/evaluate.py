@@ -1,0 +1,171 @@
+"""``structrl evaluate``, ``structrl generalize`` and ``structrl record``: use a trained model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch as th
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from structrl.agents.config import ConfigError, check_env_id
+from structrl.agents.evaluation import (
+    ModelLoadError,
+    evaluate,
+    generalize,
+    load_model,
+    markdown_table,
+    record,
+    saved_config,
+    write_json,
+)
+
+
+def add_parsers(commands: Any) -> None:
+    """
+    Add the ``evaluate``, ``generalize`` and ``record`` sub-commands.
+
+    :param commands: the sub-parsers object of the ``structrl`` parser
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("model", help="a model .zip (structrl, rl_zoo3 or SB3)")
+    common.add_argument("--deterministic", action="store_true", help="take the most probable action")
+    common.add_argument("--seed", type=int, default=0, help="seed of the evaluation environments (default 0)")
+    common.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+
+    parser = commands.add_parser(
+        "evaluate",
+        parents=[common],
+        help="evaluate a model",
+        description="Evaluate a model on one environment.",
+    )
+    parser.add_argument("--env", help="environment id (default: the model's training environment)")
+    _add_episode_arguments(parser, episodes=100)
+    parser.add_argument("--json", metavar="FILE", help="also write the results (with every episode) as JSON")
+    parser.set_defaults(run=run_evaluate)
+
+    parser = commands.add_parser(
+        "generalize",
+        parents=[common],
+        help="evaluate a model on several environments",
+        description="Evaluate a model on several environments; print a Markdown table.",
+    )
+    parser.add_argument("--envs", required=True, metavar="ENV1,ENV2", help="comma-separated environment ids")
+    _add_episode_arguments(parser, episodes=100)
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.set_defaults(run=run_generalize)
+
+    parser = commands.add_parser(
+        "record", parents=[common], help="record episodes to a GIF", description="Record episodes to a GIF."
+    )
+    parser.add_argument("--env", help="environment id (default: the model's training environment)")
+    parser.add_argument("--out", required=True, metavar="FILE.gif", help="the GIF to write")
+    parser.add_argument("--episodes", type=int, default=3, help="episodes to record (default 3)")
+    parser.add_argument("--fps", type=int, default=8, help="frames per second (default 8)")
+    parser.set_defaults(run=run_record)
+
+
+def _add_episode_arguments(parser: argparse.ArgumentParser, episodes: int) -> None:
+    parser.add_argument(
+        "--episodes", type=int, default=episodes, help=f"episodes per environment ({episodes})"
+    )
+    parser.add_argument("--n-envs", type=int, default=8, help="parallel environments (default 8)")
+
+
+def _prepare(args: argparse.Namespace, env_ids: list[str]) -> tuple[BaseAlgorithm, Any]:
+    """Check the common arguments and the environment ids, then load the model and its env wrapper."""
+    if args.threads < 1:
+        raise ConfigError("--threads must be at least 1")
+    if getattr(args, "episodes", 1) < 1 or getattr(args, "n_envs", 1) < 1:
+        raise ConfigError("--episodes and --n-envs must be positive")
+    for env_id in env_ids:
+        check_env_id(env_id)
+    th.set_num_threads(args.threads)
+    model = load_model(args.model)
+    config = saved_config(args.model)
+    return model, None if config is None else config.env_wrapper
+
+
+def _env_id(args: argparse.Namespace) -> str:
+    """The ``--env`` argument, or the training environment recorded beside the model."""
+    if args.env:
+        return str(args.env)
+    if not Path(args.model).is_file():
+        raise ModelLoadError(f"model file {args.model} not found")
+    config = saved_config(args.model)
+    if config is None:
+        raise ConfigError(f"{args.model} has no config.yml beside it: give --env")
+    return config.env_id
+
+
+def _summary(result: dict[str, Any]) -> str:
+    return (
+        f"{result['env_id']}: {result['episodes']} episodes, success rate {result['success_rate']:.2f}, "
+        f"mean return {result['mean_return']:.3f} ± {result['std_return']:.3f}, "
+        f"mean length {result['mean_length']:.1f} ± {result['std_length']:.1f}"
+    )
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """
+    Run ``structrl evaluate``.
+
+    :param args: the parsed arguments
+    :return: the exit code
+    """
+    env_id = _env_id(args)
+    model, env_wrapper = _prepare(args, [env_id])
+    result = evaluate(model, env_id, args.episodes, args.deterministic, args.seed, args.n_envs, env_wrapper)
+    print(_summary(result))
+    if args.json:
+        write_json(args.json, {"model": str(args.model), **result})
+    return 0
+
+
+def run_generalize(args: argparse.Namespace) -> int:
+    """
+    Run ``structrl generalize``.
+
+    :param args: the parsed arguments
+    :return: the exit code
+    """
+    env_ids = [env_id.strip() for env_id in args.envs.split(",") if env_id.strip()]
+    if not env_ids:
+        raise ConfigError("--envs needs at least one environment id")
+    model, env_wrapper = _prepare(args, env_ids)
+    results = generalize(
+        model, env_ids, args.episodes, args.deterministic, args.seed, args.n_envs, env_wrapper
+    )
+    print(markdown_table(results))
+    if args.json:
+        write_json(
+            args.json,
+            {
+                "model": str(args.model),
+                "episodes": args.episodes,
+                "deterministic": args.deterministic,
+                "seed": args.seed,
+                "results": results,
+            },
+        )
+    return 0
+
+
+def run_record(args: argparse.Namespace) -> int:
+    """
+    Run ``structrl record``.
+
+    :param args: the parsed arguments
+    :return: the exit code
+    """
+    env_id = _env_id(args)
+    if args.fps < 1:
+        raise ConfigError("--fps must be positive")
+    model, env_wrapper = _prepare(args, [env_id])
+    result = record(
+        model, env_id, args.out, args.episodes, args.deterministic, args.seed, args.fps, env_wrapper
+    )
+    returns = ", ".join(f"{value:.3f}" for value in result["episode_returns"])
+    print(f"wrote {args.out}: {result['frames']} frames, {args.episodes} episodes (returns {returns})")
+    return 0
