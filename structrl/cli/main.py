@@ -1,4 +1,4 @@
-"""The ``structrl`` command line: ``train``, ``evaluate``, ``generalize``, ``record`` and ``collect``.
+"""The ``structrl`` command: ``train``, ``evaluate``, ``generalize``, ``record``, ``collect``, ``demos``.
 
 Bad input (an unknown environment, algorithm or policy, a malformed hyperparameter file, a missing model)
 ends with a one-line ``structrl: error: ...`` on stderr and exit code 2; Ctrl-C with exit code 130.
@@ -15,9 +15,13 @@ from structrl.agents.config import ConfigError
 from structrl.agents.evaluation import ModelLoadError
 from structrl.cli import evaluate, train
 from structrl.cli.collect import add_collect_parser
+from structrl.cli.demos import add_demos_parser
 from structrl.cli.train import EXIT_INTERRUPTED
 from structrl.data.collection import CollectionError
+from structrl.data.demos import DemoError
 from structrl.data.episode_store import EpisodeStoreError
+from structrl.data.splits import SplitError
+from structrl.envs.babyai import BabyAIEnvError
 
 #: Exit code of bad input, as argparse uses it.
 EXIT_USAGE = 2
@@ -46,6 +50,7 @@ def build_parser() -> ArgumentParser:
     train.add_parser(commands)
     evaluate.add_parsers(commands)
     add_collect_parser(commands)
+    add_demos_parser(commands)
     return parser
 
 
@@ -60,7 +65,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
-    except (ConfigError, ModelLoadError, CollectionError, EpisodeStoreError) as error:
+    except (
+        ConfigError,
+        ModelLoadError,
+        CollectionError,
+        EpisodeStoreError,
+        DemoError,
+        SplitError,
+        BabyAIEnvError,
+    ) as error:
         print(f"structrl: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

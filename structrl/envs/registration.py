@@ -7,6 +7,7 @@ from typing import Any
 import gymnasium as gym
 
 from structrl.envs.atari import CSWM_ATARI_GAMES
+from structrl.envs.babyai import register_goto_local_envs
 
 _BLOCK_PUSHING = "structrl.envs.block_pushing:BlockPushingEnv"
 _CSWM_ATARI = "structrl.envs.atari:make_cswm_atari_env"
@@ -41,8 +42,10 @@ def register_envs() -> None:
     """
     Register every structrl environment id with Gymnasium (idempotent): the block-pushing worlds
     ``{Shapes,Cubes,ShapesImmovable,CubesImmovable}{Train,Eval}-v0`` and C-SWM's preprocessed Atari games
-    ``PongCswm-v0`` and ``SpaceInvadersCswm-v0`` (10 transitions after the warm-up).
+    ``PongCswm-v0`` and ``SpaceInvadersCswm-v0`` (10 transitions after the warm-up), and the BabyAI
+    GoToLocal task of the compositional-generalisation study (``structrl/GoToLocal[-S10|-S12|-S16]-v0``).
     """
     for env_id, entry_point, kwargs, max_episode_steps in _specs():
         if env_id not in gym.registry:
             gym.register(env_id, entry_point=entry_point, kwargs=kwargs, max_episode_steps=max_episode_steps)
+    register_goto_local_envs()

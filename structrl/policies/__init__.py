@@ -1,8 +1,38 @@
 """Torch modules and Stable-Baselines3 policies: the RIM core, feature extractors and baselines."""
 
+from structrl.policies.factored_attention import (
+    FactoredAttention,
+    FactoredAttentionExtractor,
+    SimpleAttention,
+    SimpleAttentionExtractor,
+    SparsitySchedule,
+    sparsity_penalty,
+)
+from structrl.policies.language_baselines import (
+    FiLMGRUExtractor,
+    TransformerEncoderDecoderExtractor,
+    language_policy_kwargs,
+)
 from structrl.policies.minigrid_extractor import MiniGridCNN
 from structrl.policies.minigrid_policies import MiniGridCnnPolicy, MiniGridLstmPolicy
 from structrl.policies.rim import RIM, RIMCell
 from structrl.policies.rim_policy import RIMCore, RIMPolicy
 
-__all__ = ["RIM", "MiniGridCNN", "MiniGridCnnPolicy", "MiniGridLstmPolicy", "RIMCell", "RIMCore", "RIMPolicy"]
+__all__ = [
+    "RIM",
+    "FactoredAttention",
+    "FactoredAttentionExtractor",
+    "FiLMGRUExtractor",
+    "MiniGridCNN",
+    "MiniGridCnnPolicy",
+    "MiniGridLstmPolicy",
+    "RIMCell",
+    "RIMCore",
+    "RIMPolicy",
+    "SimpleAttention",
+    "SimpleAttentionExtractor",
+    "SparsitySchedule",
+    "TransformerEncoderDecoderExtractor",
+    "language_policy_kwargs",
+    "sparsity_penalty",
+]
