@@ -1,4 +1,4 @@
-"""The ``structrl`` command: ``train``, ``evaluate``, ``generalize``, ``record``, ``collect``, ``demos``.
+"""The ``structrl`` command: train, evaluate, generalize, record, collect, cswm and demos.
 
 Bad input (an unknown environment, algorithm or policy, a malformed hyperparameter file, a missing model)
 ends with a one-line ``structrl: error: ...`` on stderr and exit code 2; Ctrl-C with exit code 130.
@@ -15,6 +15,7 @@ from structrl.agents.config import ConfigError
 from structrl.agents.evaluation import ModelLoadError
 from structrl.cli import evaluate, train
 from structrl.cli.collect import add_collect_parser
+from structrl.cli.cswm import add_cswm_parser
 from structrl.cli.demos import add_demos_parser
 from structrl.cli.train import EXIT_INTERRUPTED
 from structrl.data.collection import CollectionError
@@ -22,6 +23,7 @@ from structrl.data.demos import DemoError
 from structrl.data.episode_store import EpisodeStoreError
 from structrl.data.splits import SplitError
 from structrl.envs.babyai import BabyAIEnvError
+from structrl.world_models.errors import WorldModelError
 
 #: Exit code of bad input, as argparse uses it.
 EXIT_USAGE = 2
@@ -50,6 +52,7 @@ def build_parser() -> ArgumentParser:
     train.add_parser(commands)
     evaluate.add_parsers(commands)
     add_collect_parser(commands)
+    add_cswm_parser(commands)
     add_demos_parser(commands)
     return parser
 
@@ -73,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         DemoError,
         SplitError,
         BabyAIEnvError,
+        WorldModelError,
     ) as error:
         print(f"structrl: error: {error}", file=sys.stderr)
         return EXIT_USAGE
