@@ -3,6 +3,10 @@
 MiniGrid pays a reward only when the agent reaches its goal (``1 - 0.9 * steps / max_steps``), so an
 episode is a success when its return is positive. The 7x7 egocentric view keeps the observation shape the
 same on every grid size, so a model trained on ``MiniGrid-Empty-5x5-v0`` runs unchanged on the 16x16 grid.
+Models of the fully observed BabyAI GoToLocal task (``structrl/GoToLocal*``) see the whole grid; those with a
+language-conditioned extractor (factored attention, FiLM, Transformer) read any grid size, so they are
+evaluated on the larger rooms (``structrl/GoToLocal-S12-v0``, ...) as they are. :func:`evaluate_seeds` plays
+one episode per given reset seed (the fixed ID and OOD validation episodes of a demonstration store).
 """
 
 from __future__ import annotations
@@ -30,11 +34,14 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecTransposeImage
 
 from structrl.agents.config import ConfigError, TrainConfig
 from structrl.agents.recurrent_a2c import RecurrentA2C
 from structrl.envs import make_minigrid_env
+from structrl.envs.babyai import REGISTERED_ROOM_SIZES
+from structrl.policies.factored_attention import GridLanguageSpace
 
 #: The algorithm classes :func:`load_model` recognises, by name.
 ALGORITHM_CLASSES: dict[str, type[BaseAlgorithm]] = {
@@ -46,24 +53,48 @@ class ModelLoadError(ValueError):
     """A model file that is missing or is not a Stable-Baselines3 / structrl model."""
 
 
-def saved_config(model_path: str | Path) -> TrainConfig | None:
-    """
-    The structrl configuration of a model: the ``config.yml`` of its run directory, which is the model's
-    folder, or its parent for a checkpoint.
-
-    :param model_path: path of a ``.zip`` model
-    :return: the configuration, or ``None`` if there is no structrl ``config.yml``
-    """
+def _run_config(model_path: str | Path) -> dict[str, Any] | None:
+    """The content of the ``config.yml`` of a model's run directory (its folder, or its parent)."""
     folder = Path(model_path).resolve().parent
     for candidate in (folder / "config.yml", folder.parent / "config.yml"):
         if not candidate.is_file():
             continue
         try:
             data = yaml.safe_load(candidate.read_text())
-            return TrainConfig.from_dict(data) if isinstance(data, dict) else None
-        except (yaml.YAMLError, ConfigError, TypeError):
+        except yaml.YAMLError:
             return None
+        return data if isinstance(data, dict) else None
     return None
+
+
+def saved_config(model_path: str | Path) -> TrainConfig | None:
+    """
+    The structrl configuration of a model: the ``config.yml`` of its run directory, which is the model's
+    folder, or its parent for a checkpoint.
+
+    :param model_path: path of a ``.zip`` model
+    :return: the configuration, or ``None`` if there is no ``config.yml`` of ``structrl train``
+    """
+    data = _run_config(model_path)
+    if data is None:
+        return None
+    try:
+        return TrainConfig.from_dict(data)
+    except (ConfigError, TypeError):
+        return None
+
+
+def saved_env_id(model_path: str | Path) -> str | None:
+    """
+    The environment a model was trained on, as recorded in the ``config.yml`` of its run directory (by
+    ``structrl train`` or ``structrl bc``).
+
+    :param model_path: path of a ``.zip`` model
+    :return: the environment id, or ``None`` if no ``config.yml`` records one
+    """
+    data = _run_config(model_path)
+    env_id = None if data is None else data.get("env_id")
+    return env_id if isinstance(env_id, str) else None
 
 
 def _detect_algorithm(path: Path) -> type[BaseAlgorithm]:
@@ -120,13 +151,16 @@ def env_factory(model: BaseAlgorithm, env_wrapper: Any = None) -> Callable[..., 
 
     :param model: the model
     :param env_wrapper: the training run's ``env_wrapper`` specification (rl_zoo3 format); ``None`` uses
-        :func:`structrl.envs.make_minigrid_env`, with the tokenised mission if the model observes a ``Dict``
+        :func:`structrl.envs.make_minigrid_env`, with the tokenised mission if the model observes a ``Dict``,
+        and the ``structrl/GoToLocal*`` ids as registered (they make their own observations)
     :return: a function ``(env_id, **make_kwargs) -> env``
     """
     if env_wrapper is None:
         mission = isinstance(model.observation_space, spaces.Dict)
 
         def make_default(env_id: str, **make_kwargs: Any) -> gym.Env:
+            if env_id in REGISTERED_ROOM_SIZES:
+                return gym.make(env_id, **make_kwargs)
             return make_minigrid_env(env_id, mission=mission, **make_kwargs)
 
         return make_default
@@ -154,11 +188,44 @@ def _same_observations(env_space: spaces.Space, model_space: spaces.Space) -> bo
     return VecTransposeImage.transpose_space(env_space).shape == model_space.shape
 
 
+def _grid_resizable(model: BaseAlgorithm, observation_space: spaces.Space) -> bool:
+    """
+    Whether the env's observations differ from the model's only in the size of the ``image`` grid, and every
+    features extractor of the model reads the grid through :class:`GridLanguageSpace` (any grid size).
+    """
+    model_space = model.observation_space
+    if not (isinstance(observation_space, spaces.Dict) and isinstance(model_space, spaces.Dict)):
+        return False
+    if observation_space.keys() != model_space.keys() or "image" not in model_space.spaces:
+        return False
+    image, model_image = observation_space["image"], model_space["image"]
+    if not (isinstance(image, spaces.Box) and isinstance(model_image, spaces.Box)):
+        return False
+    shapes = image.shape, model_image.shape
+    if any(len(shape) != 3 or shape[-1] != 3 for shape in shapes) or image.dtype != model_image.dtype:
+        return False
+    if any(observation_space[key] != model_space[key] for key in model_space if key != "image"):
+        return False
+    extractors = [module for module in model.policy.modules() if isinstance(module, BaseFeaturesExtractor)]
+    return bool(extractors) and all(
+        isinstance(getattr(extractor, "inputs", None), GridLanguageSpace) for extractor in extractors
+    )
+
+
 def _check_spaces(model: BaseAlgorithm, env_id: str, observation_space: spaces.Space) -> None:
-    if not _same_observations(observation_space, model.observation_space):
-        raise ConfigError(
-            f"{env_id} observations {observation_space} do not match the model's {model.observation_space}"
-        )
+    """
+    Check that an env's observations fit the model; a model whose extractors read any grid size is switched
+    to the env's grid size (its observation space is replaced, its parameters are unchanged).
+    """
+    if _same_observations(observation_space, model.observation_space):
+        return
+    if _grid_resizable(model, observation_space):
+        model.observation_space = observation_space
+        model.policy.observation_space = observation_space
+        return
+    raise ConfigError(
+        f"{env_id} observations {observation_space} do not match the model's {model.observation_space}"
+    )
 
 
 def evaluate(
@@ -215,6 +282,93 @@ def evaluate(
         "std_length": float(np.std(episode_lengths)),
         "episode_returns": episode_returns.tolist(),
         "episode_lengths": episode_lengths.tolist(),
+    }
+
+
+def _stack(observations: Sequence[Any]) -> Any:
+    """The observations of several envs as one batch (a dict of arrays for Dict observations)."""
+    if isinstance(observations[0], dict):
+        return {key: np.stack([observation[key] for observation in observations]) for key in observations[0]}
+    return np.stack(observations)
+
+
+def evaluate_seeds(
+    model: BaseAlgorithm,
+    env_id: str,
+    seeds: Sequence[int] | np.ndarray,
+    deterministic: bool = True,
+    n_envs: int = 8,
+    env_wrapper: Any = None,
+    env_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """
+    Play one episode from each reset seed (for example the ID or OOD validation seeds of a demonstration
+    store, :meth:`structrl.data.splits.DemoSplit.validation_seeds`) and summarise them.
+
+    ``n_envs`` environments step together, each taking the next seed when its episode ends; recurrent state
+    is reset at each episode start. An episode is a success when its return is positive.
+
+    :param model: the agent
+    :param env_id: Gymnasium environment id (a larger ``structrl/GoToLocal-S*`` room works for models whose
+        extractors read any grid size)
+    :param seeds: the reset seeds, one episode each
+    :param deterministic: take the most probable action (the default: greedy evaluation) instead of sampling
+    :param n_envs: environments stepped together
+    :param env_wrapper: the training run's ``env_wrapper`` specification (see :func:`env_factory`)
+    :param env_kwargs: keyword arguments of the environment (``gymnasium.make``)
+    :return: ``env_id``, ``episodes``, ``deterministic``, ``seeds``, ``success_rate``, ``mean_return``,
+        ``std_return``, ``mean_length``, ``std_length``, ``episode_returns`` and ``episode_lengths`` (in
+        seed order)
+    """
+    seeds = [int(seed) for seed in seeds]
+    if not seeds or n_envs < 1:
+        raise ValueError(f"need at least one seed and one env, got {len(seeds)} seeds and {n_envs} envs")
+    make_env = env_factory(model, env_wrapper)
+    envs = [make_env(env_id, **(env_kwargs or {})) for _ in range(min(n_envs, len(seeds)))]
+    returns = np.zeros(len(seeds))
+    lengths = np.zeros(len(seeds), dtype=int)
+    try:
+        _check_spaces(model, env_id, envs[0].observation_space)
+        episode_of_env: list[int | None] = list(range(len(envs)))
+        observations = [env.reset(seed=seeds[index])[0] for index, env in enumerate(envs)]
+        next_episode = len(envs)
+        state = None
+        episode_start = np.ones(len(envs), dtype=bool)
+        while any(episode is not None for episode in episode_of_env):
+            actions, state = model.predict(
+                _stack(observations), state=state, episode_start=episode_start, deterministic=deterministic
+            )
+            episode_start[:] = False
+            for index, env in enumerate(envs):
+                episode = episode_of_env[index]
+                if episode is None:
+                    continue
+                observations[index], reward, terminated, truncated, _ = env.step(actions[index])
+                returns[episode] += float(reward)
+                lengths[episode] += 1
+                if terminated or truncated:
+                    if next_episode < len(seeds):
+                        observations[index] = env.reset(seed=seeds[next_episode])[0]
+                        episode_of_env[index] = next_episode
+                        episode_start[index] = True
+                        next_episode += 1
+                    else:
+                        episode_of_env[index] = None
+    finally:
+        for env in envs:
+            env.close()
+    return {
+        "env_id": env_id,
+        "episodes": len(seeds),
+        "deterministic": deterministic,
+        "seeds": seeds,
+        "success_rate": float(np.mean(returns > 0)),
+        "mean_return": float(np.mean(returns)),
+        "std_return": float(np.std(returns)),
+        "mean_length": float(np.mean(lengths)),
+        "std_length": float(np.std(lengths)),
+        "episode_returns": returns.tolist(),
+        "episode_lengths": lengths.tolist(),
     }
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 
@@ -13,13 +14,19 @@ from structrl.agents.config import ConfigError, check_env_id
 from structrl.agents.evaluation import (
     ModelLoadError,
     evaluate,
+    evaluate_seeds,
     generalize,
     load_model,
     markdown_table,
     record,
     saved_config,
+    saved_env_id,
     write_json,
 )
+from structrl.cli.demos import add_split_arguments, evaluation_seeds_from_args
+from structrl.data.episode_store import EpisodeReader
+from structrl.data.splits import SplitError
+from structrl.envs.babyai import REGISTERED_ROOM_SIZES
 
 
 def add_parsers(commands: Any) -> None:
@@ -38,11 +45,17 @@ def add_parsers(commands: Any) -> None:
         "evaluate",
         parents=[common],
         help="evaluate a model",
-        description="Evaluate a model on one environment.",
+        description="Evaluate a model on one environment. With --split id|ood, play one episode from each "
+        "seed of the ID or OOD validation set of BabyAI GoToLocal: the seeds of --demos FILE.h5, or "
+        "--episodes-per-goal seeds per goal found in --env (for the larger structrl/GoToLocal-S* rooms).",
     )
     parser.add_argument("--env", help="environment id (default: the model's training environment)")
     _add_episode_arguments(parser, episodes=100)
     parser.add_argument("--json", metavar="FILE", help="also write the results (with every episode) as JSON")
+    parser.add_argument(
+        "--demos", metavar="FILE.h5", help="with --split: the demonstration store of the seeds"
+    )
+    add_split_arguments(parser, evaluation=True)
     parser.set_defaults(run=run_evaluate)
 
     parser = commands.add_parser(
@@ -93,15 +106,31 @@ def _env_id(args: argparse.Namespace) -> str:
         return str(args.env)
     if not Path(args.model).is_file():
         raise ModelLoadError(f"model file {args.model} not found")
-    config = saved_config(args.model)
-    if config is None:
+    env_id = saved_env_id(args.model)
+    if env_id is None:
         raise ConfigError(f"{args.model} has no config.yml beside it: give --env")
-    return config.env_id
+    return env_id
+
+
+def _split_seeds(args: argparse.Namespace, env_id: str) -> np.ndarray:
+    """The validation seeds selected by ``--split`` (checked against the room size of ``env_id``)."""
+    if args.demos:
+        with EpisodeReader(args.demos) as reader:
+            room_size = reader.attrs.get("room_size")
+        if env_id in REGISTERED_ROOM_SIZES and room_size != REGISTERED_ROOM_SIZES[env_id]:
+            size = REGISTERED_ROOM_SIZES[env_id]
+            raise SplitError(
+                f"the seeds of {args.demos} lay out {room_size}x{room_size} rooms, {env_id} has "
+                f"{size}x{size}: evaluate larger rooms with --episodes-per-goal N instead of --demos"
+            )
+    return evaluation_seeds_from_args(args, env_id)
 
 
 def _summary(result: dict[str, Any]) -> str:
+    split = f" ({result['split'].upper()} seeds)" if "split" in result else ""
     return (
-        f"{result['env_id']}: {result['episodes']} episodes, success rate {result['success_rate']:.2f}, "
+        f"{result['env_id']}{split}: {result['episodes']} episodes, "
+        f"success rate {result['success_rate']:.2f}, "
         f"mean return {result['mean_return']:.3f} ± {result['std_return']:.3f}, "
         f"mean length {result['mean_length']:.1f} ± {result['std_length']:.1f}"
     )
@@ -115,8 +144,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     :return: the exit code
     """
     env_id = _env_id(args)
-    model, env_wrapper = _prepare(args, [env_id])
-    result = evaluate(model, env_id, args.episodes, args.deterministic, args.seed, args.n_envs, env_wrapper)
+    if args.split is None:
+        if args.demos or args.episodes_per_goal is not None:
+            raise SplitError(
+                "--demos and --episodes-per-goal choose the seeds of --split: add --split id|ood"
+            )
+        model, env_wrapper = _prepare(args, [env_id])
+        result = evaluate(
+            model, env_id, args.episodes, args.deterministic, args.seed, args.n_envs, env_wrapper
+        )
+    else:
+        check_env_id(env_id)
+        seeds = _split_seeds(args, env_id)
+        model, env_wrapper = _prepare(args, [env_id])
+        result = {
+            "split": args.split,
+            **evaluate_seeds(model, env_id, seeds, args.deterministic, args.n_envs, env_wrapper),
+        }
     print(_summary(result))
     if args.json:
         write_json(args.json, {"model": str(args.model), **result})

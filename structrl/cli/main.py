@@ -1,4 +1,4 @@
-"""The ``structrl`` command: train, evaluate, generalize, record, collect, cswm and demos.
+"""The ``structrl`` command: train, evaluate, generalize, record, collect, cswm, demos and bc.
 
 Bad input (an unknown environment, algorithm or policy, a malformed hyperparameter file, a missing model)
 ends with a one-line ``structrl: error: ...`` on stderr and exit code 2; Ctrl-C with exit code 130.
@@ -11,9 +11,11 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from structrl.agents.behavior_cloning import BCError
 from structrl.agents.config import ConfigError
 from structrl.agents.evaluation import ModelLoadError
 from structrl.cli import evaluate, train
+from structrl.cli.bc import add_bc_parser
 from structrl.cli.collect import add_collect_parser
 from structrl.cli.cswm import add_cswm_parser
 from structrl.cli.demos import add_demos_parser
@@ -54,6 +56,7 @@ def build_parser() -> ArgumentParser:
     add_collect_parser(commands)
     add_cswm_parser(commands)
     add_demos_parser(commands)
+    add_bc_parser(commands)
     return parser
 
 
@@ -77,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         SplitError,
         BabyAIEnvError,
         WorldModelError,
+        BCError,
     ) as error:
         print(f"structrl: error: {error}", file=sys.stderr)
         return EXIT_USAGE
