@@ -218,3 +218,18 @@ def test_newer_format_is_refused(tmp_path: Path, episodes: list[Episode]) -> Non
         raw.attrs["format_version"] = 99
     with pytest.raises(EpisodeStoreError, match=r"format 99.*upgrade structrl"):
         EpisodeReader(path)
+
+
+def test_atomic_open_replaces_whole_files_only(tmp_path) -> None:
+    from structrl.data.atomic_files import atomic_open
+
+    target = tmp_path / "sub" / "result.json"
+    with atomic_open(target) as file:
+        file.write("first")
+    assert target.read_text() == "first"
+    assert target.stat().st_mode & 0o044, "an atomic write must keep the usual read permissions"
+    with pytest.raises(RuntimeError), atomic_open(target) as file:
+        file.write("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "first"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["result.json"], "no temporary file may remain"

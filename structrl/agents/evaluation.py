@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +37,7 @@ from stable_baselines3.common.vec_env import VecTransposeImage
 
 from structrl.agents.config import ConfigError, TrainConfig
 from structrl.agents.recurrent_a2c import RecurrentA2C
+from structrl.data.atomic_files import atomic_open
 from structrl.envs import make_minigrid_env
 from structrl.envs.babyai import REGISTERED_ROOM_SIZES
 from structrl.policies.factored_attention import GridLanguageSpace
@@ -423,12 +422,9 @@ def write_json(path: str | Path, data: Any) -> None:
     :param path: destination
     :param data: JSON-serialisable data
     """
-    path = Path(path)
     text = json.dumps(data, indent=2) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
+    with atomic_open(path) as file:
         file.write(text)
-    os.replace(file.name, path)
 
 
 def _frame(env: gym.Env) -> Image.Image:
@@ -486,11 +482,8 @@ def record(
             observation, _ = env.reset()
     finally:
         env.close()
-    out_gif = Path(out_gif)
-    out_gif.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out_gif.parent, prefix=f".{out_gif.name}.", delete=False) as file:
+    with atomic_open(out_gif, "wb") as file:
         frames[0].save(
             file, format="GIF", save_all=True, append_images=frames[1:], duration=1000 // fps, loop=0
         )
-    os.replace(file.name, out_gif)
     return {"frames": len(frames), "episode_returns": episode_returns}

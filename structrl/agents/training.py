@@ -12,10 +12,8 @@ A run directory holds:
 
 from __future__ import annotations
 
-import os
 import platform
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 import structrl
 from structrl.agents.config import ConfigError, TrainConfig
+from structrl.data.atomic_files import atomic_open
 
 MODEL_FILE = "model.zip"
 CONFIG_FILE = "config.yml"
@@ -53,11 +52,9 @@ def write_yaml(path: str | Path, data: dict[str, Any]) -> None:
     :param path: destination
     :param data: YAML-serialisable data
     """
-    path = Path(path)
     text = yaml.safe_dump(data, sort_keys=False)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
+    with atomic_open(path) as file:
         file.write(text)
-    os.replace(file.name, path)
 
 
 def read_progress(run_dir: str | Path) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,6 +15,7 @@ import torch as th
 import torch.nn.functional as F
 from torch import nn
 
+from structrl.data.atomic_files import atomic_open
 from structrl.world_models.encoders import ENCODERS, ObjectEncoder
 from structrl.world_models.errors import WorldModelError
 from structrl.world_models.transition import ACTION_ENCODINGS, TransitionGNN, count_actions
@@ -304,15 +304,6 @@ def save_atomically(payload: Any, path: str | os.PathLike[str]) -> Path:
     :return: the path
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
-        try:
-            th.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        except BaseException:
-            file.close()
-            os.unlink(file.name)
-            raise
-    os.replace(file.name, path)
+    with atomic_open(path, "wb") as file:
+        th.save(payload, file)
     return path
