@@ -227,6 +227,25 @@ def _check_spaces(model: BaseAlgorithm, env_id: str, observation_space: spaces.S
     )
 
 
+def episode_statistics(returns: np.ndarray, lengths: np.ndarray) -> dict[str, Any]:
+    """
+    Summary of finished episodes; success is a return above 0 (MiniGrid and BabyAI reward only success).
+
+    :param returns: the episode returns
+    :param lengths: the episode lengths
+    :return: success rate, mean and std of return and length, and the per-episode values
+    """
+    return {
+        "success_rate": float(np.mean(returns > 0)),
+        "mean_return": float(np.mean(returns)),
+        "std_return": float(np.std(returns)),
+        "mean_length": float(np.mean(lengths)),
+        "std_length": float(np.std(lengths)),
+        "episode_returns": returns.tolist(),
+        "episode_lengths": lengths.tolist(),
+    }
+
+
 def evaluate(
     model: BaseAlgorithm,
     env_id: str,
@@ -274,13 +293,7 @@ def evaluate(
         "episodes": episodes,
         "deterministic": deterministic,
         "seed": seed,
-        "success_rate": float(np.mean(episode_returns > 0)),
-        "mean_return": float(np.mean(episode_returns)),
-        "std_return": float(np.std(episode_returns)),
-        "mean_length": float(np.mean(episode_lengths)),
-        "std_length": float(np.std(episode_lengths)),
-        "episode_returns": episode_returns.tolist(),
-        "episode_lengths": episode_lengths.tolist(),
+        **episode_statistics(episode_returns, episode_lengths),
     }
 
 
@@ -361,13 +374,7 @@ def evaluate_seeds(
         "episodes": len(seeds),
         "deterministic": deterministic,
         "seeds": seeds,
-        "success_rate": float(np.mean(returns > 0)),
-        "mean_return": float(np.mean(returns)),
-        "std_return": float(np.std(returns)),
-        "mean_length": float(np.mean(lengths)),
-        "std_length": float(np.std(lengths)),
-        "episode_returns": returns.tolist(),
-        "episode_lengths": lengths.tolist(),
+        **episode_statistics(returns, lengths),
     }
 
 
