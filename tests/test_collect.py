@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import gymnasium as gym
-import h5py
 import numpy as np
 import pytest
 from sb3_contrib import RecurrentPPO
@@ -20,18 +20,6 @@ from structrl.envs.block_pushing import BlockPushingEnv
 from structrl.envs.registration import register_envs
 
 register_envs()
-
-
-def arrays(path: Path) -> dict[str, bytes]:
-    """Every dataset of an HDF5 file as raw bytes."""
-    result: dict[str, bytes] = {}
-    with h5py.File(path) as raw:
-        raw.visititems(
-            lambda name, item: (
-                result.update({name: item[...].tobytes()}) if isinstance(item, h5py.Dataset) else None
-            )
-        )
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +38,20 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_same_seed_same_arrays_any_procs(tmp_path: Path) -> None:
+def test_same_seed_same_arrays_any_procs(
+    tmp_path: Path, hdf5_bytes: Callable[[Path], dict[str, bytes]]
+) -> None:
     config = CollectionConfig("ShapesImmovableEval-v0", num_episodes=40, seed=5, save_state_ids=True)
     first = collect(config, tmp_path / "a.h5")
     collect(config, tmp_path / "b.h5")
     collect(config, tmp_path / "c.h5", procs=2)
     assert first.episodes == 40 and first.transitions == 400
-    assert arrays(tmp_path / "a.h5") == arrays(tmp_path / "b.h5") == arrays(tmp_path / "c.h5")
+    assert hdf5_bytes(tmp_path / "a.h5") == hdf5_bytes(tmp_path / "b.h5") == hdf5_bytes(tmp_path / "c.h5")
     other = CollectionConfig("ShapesImmovableEval-v0", num_episodes=40, seed=6, save_state_ids=True)
     collect(other, tmp_path / "d.h5")
     assert (
-        arrays(tmp_path / "d.h5")["observations/frames"] != arrays(tmp_path / "a.h5")["observations/frames"]
+        hdf5_bytes(tmp_path / "d.h5")["observations/frames"]
+        != hdf5_bytes(tmp_path / "a.h5")["observations/frames"]
     )
     with EpisodeReader(tmp_path / "a.h5") as reader:
         assert reader.attrs["env_id"] == "ShapesImmovableEval-v0" and reader.attrs["seed"] == 5
@@ -141,7 +132,9 @@ def test_exclusion_needs_state_ids(tmp_path: Path) -> None:
         collect(config, tmp_path / "new.h5")
 
 
-def test_epsilon_greedy_model_policy(tmp_path: Path, tiny_model: Path) -> None:
+def test_epsilon_greedy_model_policy(
+    tmp_path: Path, tiny_model: Path, hdf5_bytes: Callable[[Path], dict[str, bytes]]
+) -> None:
     model = PPO.load(tiny_model, device="cpu")
     greedy = CollectionConfig("ShapesEval-v0", 6, seed=2, policy_path=str(tiny_model), deterministic=True)
     collect(greedy, tmp_path / "greedy.h5")
@@ -150,7 +143,7 @@ def test_epsilon_greedy_model_policy(tmp_path: Path, tiny_model: Path) -> None:
     )
     collect(half, tmp_path / "half.h5")
     collect(half, tmp_path / "half_again.h5")
-    assert arrays(tmp_path / "half.h5") == arrays(tmp_path / "half_again.h5")
+    assert hdf5_bytes(tmp_path / "half.h5") == hdf5_bytes(tmp_path / "half_again.h5")
 
     def agreement(path: Path) -> float:
         with EpisodeReader(path) as reader:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
@@ -38,18 +38,6 @@ from structrl.envs.babyai import COLOURS, GOALS, OBJECT_TYPES, goal_id, make_got
 PER_GOAL = 2
 CONFIG = DemoConfig(per_goal=PER_GOAL, min_length=7, seed=3)
 DONE = 6
-
-
-def arrays(path: Path) -> dict[str, bytes]:
-    """Every dataset of an HDF5 file as raw bytes."""
-    result: dict[str, bytes] = {}
-    with h5py.File(path) as raw:
-        raw.visititems(
-            lambda name, item: (
-                result.update({name: item[...].tobytes()}) if isinstance(item, h5py.Dataset) else None
-            )
-        )
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +95,12 @@ def test_demos_replay_to_success_from_their_seeds(demos: Path) -> None:
             assert float(reward) == pytest.approx(float(episode.rewards[-1])) and float(reward) > 0
 
 
-def test_same_settings_same_file_any_procs(demos: Path, tmp_path: Path) -> None:
+def test_same_settings_same_file_any_procs(
+    demos: Path, tmp_path: Path, hdf5_bytes: Callable[[Path], dict[str, bytes]]
+) -> None:
     summary = generate_demos(CONFIG, tmp_path / "two.h5", procs=2)
     assert summary.episodes == 36 * PER_GOAL
-    assert arrays(tmp_path / "two.h5") == arrays(demos)
+    assert hdf5_bytes(tmp_path / "two.h5") == hdf5_bytes(demos)
     generate_demos(DemoConfig(per_goal=1, min_length=7, seed=4), tmp_path / "other.h5")
     with EpisodeReader(tmp_path / "other.h5") as other, EpisodeReader(demos) as first:
         assert set(other.read_rows("episodes", "seed", np.arange(36))).isdisjoint(
@@ -118,7 +108,9 @@ def test_same_settings_same_file_any_procs(demos: Path, tmp_path: Path) -> None:
         )
 
 
-def test_resume_after_interruption_keeps_finished_episodes(demos: Path, tmp_path: Path) -> None:
+def test_resume_after_interruption_keeps_finished_episodes(
+    demos: Path, tmp_path: Path, hdf5_bytes: Callable[[Path], dict[str, bytes]]
+) -> None:
     path = tmp_path / "resumed.h5"
 
     def interrupt(progress: DemoProgress) -> None:
@@ -137,7 +129,7 @@ def test_resume_after_interruption_keeps_finished_episodes(demos: Path, tmp_path
     summary = generate_demos(CONFIG, path, procs=2)
     assert summary.resumed == finished and summary.episodes == 72
     assert not parts_folder(path).exists()
-    assert arrays(path) == arrays(demos)
+    assert hdf5_bytes(path) == hdf5_bytes(demos)
 
 
 def test_give_up_after_max_candidates_then_resume(tmp_path: Path) -> None:
