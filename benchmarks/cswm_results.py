@@ -26,7 +26,7 @@ from typing import Any
 import torch as th
 
 from structrl.agents.cswm_training import MODEL_FILE, CSWMTrainConfig, EpochRecord, train_cswm
-from structrl.data.collection import CollectionConfig, collect
+from structrl.data.collection import CollectionConfig, collect_if_missing
 from structrl.envs.registration import register_envs
 from structrl.world_models.cswm import ContrastiveSWM, CSWMConfig
 from structrl.world_models.evaluation import EVALUATION_MODES, evaluate
@@ -57,17 +57,8 @@ WORLDS = {
 }
 #: Label, negative sampling and beta of the compared strategies.
 STRATEGIES = (("baseline (in-batch)", "batch", 0.5), ("episodic + out-of-episode, beta 0.5", "mixed", 0.5))
-
-
-def ensure_store(path: Path, config: CollectionConfig) -> Path:
-    """
-    :param path: where the store is (or is to be) kept
-    :param config: the collection that makes it, when it is missing
-    :return: the path
-    """
-    if not path.exists():
-        collect(config, path, procs=min(2, os.cpu_count() or 1))
-    return path
+#: Worker processes that collect a missing dataset.
+COLLECT_PROCS = min(2, os.cpu_count() or 1)
 
 
 def run_world(name: str, world: World, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -77,13 +68,15 @@ def run_world(name: str, world: World, args: argparse.Namespace) -> list[dict[st
     :return: one record per strategy and seed
     """
     data, runs = Path(args.data), Path(args.runs)
-    train_store = ensure_store(
-        data / f"{name}_train_{args.train_episodes}_s{world.train_seed}.h5",
+    train_store = collect_if_missing(
         CollectionConfig(world.train_env, args.train_episodes, seed=world.train_seed),
+        data / f"{name}_train_{args.train_episodes}_s{world.train_seed}.h5",
+        procs=COLLECT_PROCS,
     )
-    eval_store = ensure_store(
-        data / f"{name}_eval_{args.eval_episodes}_s{world.eval_seed}.h5",
+    eval_store = collect_if_missing(
         CollectionConfig(world.eval_env, args.eval_episodes, seed=world.eval_seed, save_state_ids=True),
+        data / f"{name}_eval_{args.eval_episodes}_s{world.eval_seed}.h5",
+        procs=COLLECT_PROCS,
     )
     encoder = args.cubes_encoder if name == "cubes" else world.encoder
     records = []

@@ -35,7 +35,7 @@ from typing import Any
 import torch as th
 
 from structrl.agents.cswm_training import CSWMTrainConfig, train_cswm
-from structrl.data.collection import CollectionConfig, collect
+from structrl.data.collection import CollectionConfig, collect_if_missing
 from structrl.envs.registration import register_envs
 from structrl.world_models.cswm import ContrastiveSWM, CSWMConfig
 from structrl.world_models.evaluation import evaluate
@@ -46,6 +46,8 @@ ORIGINAL_END_TO_END_SAMPLES_PER_SECOND = 184.0
 ORIGINAL_EVAL_SECONDS = 166.0
 ORIGINAL_EVAL_PEAK_RSS_GB = 14.2
 BATCH_SIZE = 1024
+#: Worker processes that collect a missing dataset.
+COLLECT_PROCS = min(2, os.cpu_count() or 1)
 
 
 def per_edge_messages(gnn: TransitionGNN, z: th.Tensor) -> th.Tensor:
@@ -141,17 +143,6 @@ def measure_evaluation(model_path: Path, dataset: Path, modes: list[str], thread
     return report
 
 
-def ensure_store(path: Path, config: CollectionConfig) -> Path:
-    """
-    :param path: where the store is (or is to be) kept
-    :param config: the collection that makes it, when it is missing
-    :return: the path
-    """
-    if not path.exists():
-        collect(config, path, procs=min(2, os.cpu_count() or 1))
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads to measure")
@@ -168,12 +159,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(args.data or scratch)
         data.mkdir(parents=True, exist_ok=True)
-        train_store = ensure_store(
-            data / "shapes_imm_train_200.h5", CollectionConfig("ShapesImmovableTrain-v0", 200, seed=1)
+        train_store = collect_if_missing(
+            CollectionConfig("ShapesImmovableTrain-v0", 200, seed=1),
+            data / "shapes_imm_train_200.h5",
+            procs=COLLECT_PROCS,
         )
-        eval_store = ensure_store(
-            data / f"shapes_imm_eval_{args.eval_episodes}.h5",
+        eval_store = collect_if_missing(
             CollectionConfig("ShapesImmovableEval-v0", args.eval_episodes, seed=2, save_state_ids=True),
+            data / f"shapes_imm_eval_{args.eval_episodes}.h5",
+            procs=COLLECT_PROCS,
         )
         steps = []
         for threads in args.threads:

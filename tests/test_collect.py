@@ -226,3 +226,16 @@ def test_cli_collect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(CollectionError, match="number of episodes must be positive"):
         bad.run(bad)
     assert issubclass(CollectionError, ValueError) and issubclass(EpisodeStoreError, ValueError)
+
+
+def test_collect_if_missing_keeps_an_existing_store(tmp_path: Path) -> None:
+    from structrl.data.collection import collect_if_missing
+
+    path = tmp_path / "cached.h5"
+    config = CollectionConfig("ShapesEval-v0", 3, seed=1)
+    assert collect_if_missing(config, path) == path
+    written = path.stat().st_mtime_ns
+    collect_if_missing(CollectionConfig("ShapesEval-v0", 5, seed=2), path)
+    assert path.stat().st_mtime_ns == written
+    with EpisodeReader(path) as reader:
+        assert len(reader) == 3

@@ -9,6 +9,7 @@ function of its settings: the same seed gives byte-identical arrays, whatever th
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -439,3 +440,18 @@ def collect(
         short_episodes=short,
         seconds=time.perf_counter() - start,
     )
+
+
+def collect_if_missing(config: CollectionConfig, path: str | os.PathLike[str], procs: int = 1) -> Path:
+    """
+    Collect ``config`` into ``path`` unless a file is already there (e.g. a benchmark's cached dataset).
+
+    :param config: the collection that makes the file
+    :param path: where the store is (or is to be) kept
+    :param procs: worker processes when collecting
+    :return: the path
+    """
+    path = Path(path)
+    if not path.exists():
+        collect(config, path, procs=procs)
+    return path

@@ -318,16 +318,19 @@ def sparsity_penalty(module: nn.Module) -> th.Tensor | None:
 
 
 class _GoalMapExtractor(BaseFeaturesExtractor):
-    """The paper's convolutional head on the goal map of an attention model, for SB3."""
+    """The paper's convolutional head on the goal map of an attention model (``attention_class``), for SB3."""
+
+    attention_class: type[FactoredAttention] | type[SimpleAttention]
 
     def __init__(
         self,
         observation_space: spaces.Space,
-        attention: FactoredAttention | SimpleAttention,
-        head_channels: tuple[int, int],
+        embedding_dim: int = EMBEDDING_DIM,
+        head_channels: tuple[int, int] = HEAD_CHANNELS,
     ) -> None:
         super().__init__(observation_space, head_channels[1])
         self.inputs = GridLanguageSpace.from_space(observation_space)
+        attention = self.attention_class(self.inputs.vocab_size, embedding_dim)
         self.attention = attention
         embedding_dim = attention.attributes.shape[1]
         factors = len(attention.factor_sizes)
@@ -382,14 +385,7 @@ class FactoredAttentionExtractor(_GoalMapExtractor):
     :param head_channels: Channels of the head's 3x3 and 1x1 convolutions.
     """
 
-    def __init__(
-        self,
-        observation_space: spaces.Space,
-        embedding_dim: int = EMBEDDING_DIM,
-        head_channels: tuple[int, int] = HEAD_CHANNELS,
-    ) -> None:
-        vocab_size = GridLanguageSpace.from_space(observation_space).vocab_size
-        super().__init__(observation_space, FactoredAttention(vocab_size, embedding_dim), head_channels)
+    attention_class = FactoredAttention
 
 
 class SimpleAttentionExtractor(_GoalMapExtractor):
@@ -402,11 +398,4 @@ class SimpleAttentionExtractor(_GoalMapExtractor):
     :param head_channels: Channels of the head's 3x3 and 1x1 convolutions.
     """
 
-    def __init__(
-        self,
-        observation_space: spaces.Space,
-        embedding_dim: int = EMBEDDING_DIM,
-        head_channels: tuple[int, int] = HEAD_CHANNELS,
-    ) -> None:
-        vocab_size = GridLanguageSpace.from_space(observation_space).vocab_size
-        super().__init__(observation_space, SimpleAttention(vocab_size, embedding_dim), head_channels)
+    attention_class = SimpleAttention
