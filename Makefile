@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	$(BIN)/structrl train --algo ppo --policy rim --env MiniGrid-Empty-5x5-v0 \
-		--hyperparams zoo/ppo_lstm.yml --out runs/demo
+		--hyperparams zoo/ppo_lstm.yml --params bptt_length=32 --out runs/demo
 	$(BIN)/structrl generalize runs/demo/model.zip \
 		--envs MiniGrid-Empty-5x5-v0,MiniGrid-Empty-6x6-v0,MiniGrid-Empty-8x8-v0,MiniGrid-Empty-16x16-v0 \
 		--episodes 100 --json runs/demo/generalization.json

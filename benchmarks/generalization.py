@@ -6,6 +6,10 @@ gives the mean ± std over seeds of the success rate and of the mean return.
 
     python benchmarks/generalization.py --task empty --seeds 3
     python benchmarks/generalization.py --task doorkey --algo a2c --timesteps 100000
+    python benchmarks/generalization.py --task multiroom --variants lstm   # share the runs between processes
+
+Training sequences are cut every ``--bptt-length`` steps (32 by default: the seed's torch_ac ``recurrence``;
+0 keeps sb3-contrib's whole sequences); runs go to ``OUT/TASK/ALGO-BUDGET[-bpttN]/VARIANT/seedS``.
 
 The benchmark is resumable: a finished run whose ``results.json`` exists is skipped, an interrupted run
 continues from its saved model, and a trained run without results is only evaluated.
@@ -57,6 +61,9 @@ TASKS: dict[str, tuple[str, list[str]]] = {
 #: table label -> variant of the zoo entry (None: the default entry)
 VARIANTS: dict[str, str | None] = {"RIM (Kt=4, Ka=3)": None, "RIM (Kt=4, Ka=2)": "rim-ka2", "LSTM": "lstm"}
 
+#: table label -> directory name of its runs
+RUN_NAMES: dict[str, str] = {label: variant or "rim-ka3" for label, variant in VARIANTS.items()}
+
 ZOO_FILES = {"ppo": ROOT / "zoo" / "ppo_lstm.yml", "a2c": ROOT / "zoo" / "a2c_lstm.yml"}
 
 
@@ -79,6 +86,7 @@ def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: P
             variant=variant,
             n_timesteps=args.timesteps,
             seed=seed,
+            params={"bptt_length": args.bptt_length} if args.bptt_length else None,
         )
         train(config, run_dir, threads=args.threads, progress_bar=args.progress)
     model = load_model(run_dir / MODEL_FILE)
@@ -134,7 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", choices=list(TASKS), required=True)
     parser.add_argument("--algo", choices=list(ZOO_FILES), default="ppo")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per variant (1, 2, ...)")
+    parser.add_argument(
+        "--variants",
+        default=",".join(RUN_NAMES.values()),
+        help="comma-separated variants to run, so that several processes can share the work "
+        f"(default: all of {','.join(RUN_NAMES.values())}); the table covers the finished runs of all",
+    )
     parser.add_argument("--timesteps", type=int, help="training budget (default: the zoo file's)")
+    parser.add_argument(
+        "--bptt-length",
+        type=int,
+        default=32,
+        help="cut training sequences every N steps (default 32, the seed's recurrence; 0: whole sequences)",
+    )
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per environment")
     parser.add_argument("--deterministic", action="store_true", help="evaluate the most probable actions")
     parser.add_argument("--threads", type=int, default=1)
@@ -144,26 +164,44 @@ def main(argv: list[str] | None = None) -> int:
 
     train_env, eval_envs = TASKS[args.task]
     budget = "zoo" if args.timesteps is None else str(args.timesteps)
-    root = args.out / args.task / f"{args.algo}-{budget}"
+    root = (
+        args.out
+        / args.task
+        / (f"{args.algo}-{budget}" + (f"-bptt{args.bptt_length}" if args.bptt_length else ""))
+    )
+    selected = args.variants.split(",")
+    unknown = sorted(set(selected) - set(RUN_NAMES.values()))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose among {sorted(RUN_NAMES.values())}")
     table: dict[str, list[list[dict[str, Any]]]] = {}
     for label, variant in VARIANTS.items():
         table[label] = []
         for seed in range(1, args.seeds + 1):
-            run_dir = root / (variant or "rim-ka3") / f"seed{seed}"
-            begin = time.perf_counter()
-            table[label].append(run_one(args, variant, seed, run_dir))
-            print(
-                f"{label}, seed {seed}: done in {time.perf_counter() - begin:.0f} s ({run_dir})", flush=True
-            )
+            run_dir = root / RUN_NAMES[label] / f"seed{seed}"
+            if RUN_NAMES[label] in selected:
+                begin = time.perf_counter()
+                run_one(args, variant, seed, run_dir)
+                print(
+                    f"{label}, seed {seed}: done in {time.perf_counter() - begin:.0f} s ({run_dir})",
+                    flush=True,
+                )
+            results_file = run_dir / "results.json"
+            if results_file.is_file():
+                table[label].append(json.loads(results_file.read_text())["results"])
+    table = {label: runs for label, runs in table.items() if runs}
+    if not table:
+        print("no finished runs to summarise")
+        return 0
 
     summary = summarise(table, eval_envs)
-    print(f"\nSuccess rate (mean return), mean ± std over {args.seeds} seeds; trained on {train_env} (*):\n")
+    seeds = ", ".join(f"{label}: {len(runs)}" for label, runs in table.items())
+    print(f"\nSuccess rate (mean return), mean ± std over seeds ({seeds}); trained on {train_env} (*):\n")
     print(markdown(summary, eval_envs, train_env))
     summary_file = root / "summary.json"
     write_json(
         summary_file,
         {"task": args.task, "algo": args.algo, "timesteps": args.timesteps, "episodes": args.episodes,
-         "deterministic": args.deterministic, "seeds": args.seeds, "summary": summary},
+         "deterministic": args.deterministic, "bptt_length": args.bptt_length or None, "summary": summary},
     )  # fmt: skip
     print(f"\nwrote {summary_file}")
     return 0

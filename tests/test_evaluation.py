@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from sb3_contrib import RecurrentPPO
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from structrl.agents import RecurrentA2C
+from structrl.agents import RecurrentA2C, RecurrentPPO
 from structrl.agents.config import ConfigError, build_config
 from structrl.agents.evaluation import (
     ModelLoadError,

@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 
-from structrl.agents import RecurrentA2C
+from structrl.agents import RecurrentA2C, RecurrentPPO
 from structrl.agents.config import (
     DEFAULT_HYPERPARAMS,
     ConfigError,

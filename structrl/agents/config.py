@@ -29,7 +29,6 @@ import numpy as np
 import torch as th
 import yaml
 from rl_zoo3.utils import get_callback_list, get_class_by_name, get_wrapper_class, linear_schedule
-from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -39,6 +38,7 @@ from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
 from torch import nn
 
 from structrl.agents.recurrent_a2c import RecurrentA2C
+from structrl.agents.recurrent_ppo import RecurrentPPO
 
 #: Algorithms accepted by ``structrl train --algo``.
 ALGOS = ("ppo", "a2c")
@@ -280,7 +280,8 @@ def algorithm_class(algo: str, policy: str) -> type[BaseAlgorithm]:
     """
     The algorithm class for an algorithm name and a structrl policy name.
 
-    ``ppo`` is sb3-contrib's RecurrentPPO for recurrent policies and SB3's PPO otherwise; ``a2c`` is
+    ``ppo`` is :class:`structrl.agents.RecurrentPPO` (sb3-contrib's, plus ``bptt_length``) for recurrent
+    policies and SB3's PPO otherwise; ``a2c`` is
     :class:`structrl.agents.RecurrentA2C` for recurrent policies and SB3's A2C otherwise.
 
     :param algo: ``ppo`` or ``a2c``
@@ -549,6 +550,10 @@ def _check_hyperparams(config: TrainConfig, where: str) -> None:
             valid = sorted(set(accepted) - set(_RESERVED_KWARGS)) + sorted(_ZOO_KEYS)
             raise ConfigError(f"{where}: unknown key {key!r} for {name}; valid keys: {', '.join(valid)}")
         config.hyperparams[key] = _check_value(key, config.hyperparams[key], accepted[key], where)
+    if config.hyperparams.get("bptt_length") is not None:
+        config.hyperparams["bptt_length"] = _positive_int(
+            "bptt_length", config.hyperparams["bptt_length"], where
+        )
     policy_kwargs = config.hyperparams.get("policy_kwargs")
     if policy_kwargs is not None and not isinstance(policy_kwargs, str | dict):
         raise ConfigError(f"{where}: policy_kwargs must be a string or a mapping, got {policy_kwargs!r}")

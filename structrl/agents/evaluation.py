@@ -25,7 +25,6 @@ import yaml
 from gymnasium import spaces
 from PIL import Image
 from rl_zoo3.utils import get_wrapper_class
-from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -37,6 +36,7 @@ from stable_baselines3.common.vec_env import VecTransposeImage
 
 from structrl.agents.config import ConfigError, TrainConfig
 from structrl.agents.recurrent_a2c import RecurrentA2C
+from structrl.agents.recurrent_ppo import RecurrentPPO
 from structrl.data.atomic_files import atomic_open
 from structrl.envs import make_minigrid_env
 from structrl.envs.babyai import REGISTERED_ROOM_SIZES

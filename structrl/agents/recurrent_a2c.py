@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch as th
-from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
+
+from structrl.agents.recurrent_ppo import RecurrentPPO
 
 
 class RecurrentA2C(RecurrentPPO):

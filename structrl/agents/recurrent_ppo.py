@@ -1,0 +1,121 @@
+"""sb3-contrib's RecurrentPPO with optional truncated backpropagation through time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from sb3_contrib import RecurrentPPO as ContribRecurrentPPO
+from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer, RecurrentRolloutBuffer
+from sb3_contrib.common.recurrent.type_aliases import (
+    RecurrentDictRolloutBufferSamples,
+    RecurrentRolloutBufferSamples,
+)
+from stable_baselines3.common.vec_env import VecNormalize
+
+
+def truncation_points(env_change: np.ndarray, buffer_size: int, bptt_length: int) -> np.ndarray:
+    """
+    Add a sequence start every ``bptt_length`` rollout steps to the env-change flags of a flattened buffer.
+
+    sb3-contrib flattens a rollout env by env, so flat index ``i`` is step ``i % buffer_size`` of its env.
+
+    :param env_change: flags of the flattened buffer, shape ``(n_envs * buffer_size, ...)``, 1 where a new
+        env's data begins
+    :param buffer_size: steps per env in the rollout (``n_steps``)
+    :param bptt_length: the longest sequence that gradients flow through
+    :return: the flags, also 1 at steps 0, ``bptt_length``, ``2 * bptt_length``... of every env
+    """
+    step = (np.arange(env_change.shape[0]) % buffer_size).reshape(
+        env_change.shape[:1] + (1,) * (env_change.ndim - 1)
+    )
+    return np.logical_or(env_change, step % bptt_length == 0).astype(env_change.dtype)
+
+
+class TruncatedRecurrentRolloutBuffer(RecurrentRolloutBuffer):
+    """
+    sb3-contrib's recurrent rollout buffer whose training sequences are at most ``bptt_length`` steps.
+
+    A sequence that would run longer is cut into pieces, each starting from the memory state the policy had
+    at that step during the rollout (the buffer stores it), as torch_ac's ``recurrence`` does.
+
+    :param args: :class:`sb3_contrib.common.recurrent.buffers.RecurrentRolloutBuffer` arguments
+    :param bptt_length: the longest training sequence, in steps
+    :param kwargs: :class:`sb3_contrib.common.recurrent.buffers.RecurrentRolloutBuffer` keyword arguments
+    """
+
+    def __init__(self, *args: Any, bptt_length: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bptt_length = bptt_length
+
+    def _get_samples(  # type: ignore[override]  # sb3-contrib's own signature
+        self, batch_inds: np.ndarray, env_change: np.ndarray, env: VecNormalize | None = None
+    ) -> RecurrentRolloutBufferSamples:
+        cuts = truncation_points(env_change, self.buffer_size, self.bptt_length)
+        return super()._get_samples(batch_inds, cuts, env)
+
+
+class TruncatedRecurrentDictRolloutBuffer(RecurrentDictRolloutBuffer):
+    """
+    :class:`TruncatedRecurrentRolloutBuffer` for Dict observations.
+
+    :param args: :class:`sb3_contrib.common.recurrent.buffers.RecurrentDictRolloutBuffer` arguments
+    :param bptt_length: the longest training sequence, in steps
+    :param kwargs: :class:`sb3_contrib.common.recurrent.buffers.RecurrentDictRolloutBuffer` keyword arguments
+    """
+
+    def __init__(self, *args: Any, bptt_length: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bptt_length = bptt_length
+
+    def _get_samples(  # type: ignore[override]  # sb3-contrib's own signature
+        self, batch_inds: np.ndarray, env_change: np.ndarray, env: VecNormalize | None = None
+    ) -> RecurrentDictRolloutBufferSamples:
+        cuts = truncation_points(env_change, self.buffer_size, self.bptt_length)
+        return super()._get_samples(batch_inds, cuts, env)
+
+
+class RecurrentPPO(ContribRecurrentPPO):
+    """
+    sb3-contrib's RecurrentPPO, plus truncated backpropagation through time.
+
+    sb3-contrib trains on whole episode pieces of up to ``n_steps`` steps, so a minibatch of a few long
+    sequences runs the memory step by step ``n_steps`` times. With ``bptt_length`` set, sequences are cut
+    every ``bptt_length`` rollout steps and start from the stored memory state, like torch_ac's
+    ``recurrence`` (the RIM paper's setting is 32): the update sees the same frames, runs the memory over
+    fewer, wider steps, and gradients stop at the cuts. ``None`` keeps sb3-contrib's behaviour exactly.
+
+    :param args: :class:`sb3_contrib.RecurrentPPO` arguments (policy, env...)
+    :param bptt_length: the longest training sequence in steps, or ``None`` for whole pieces
+    :param kwargs: :class:`sb3_contrib.RecurrentPPO` keyword arguments
+    """
+
+    def __init__(self, *args: Any, bptt_length: int | None = None, **kwargs: Any) -> None:
+        if bptt_length is not None and (isinstance(bptt_length, bool) or bptt_length < 1):
+            raise ValueError(f"bptt_length must be a positive number of steps or None, got {bptt_length!r}")
+        self.bptt_length = bptt_length
+        super().__init__(*args, **kwargs)
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        if self.bptt_length is None:
+            return
+        contrib_buffer = self.rollout_buffer
+        assert isinstance(contrib_buffer, RecurrentRolloutBuffer | RecurrentDictRolloutBuffer)
+        truncated = (
+            TruncatedRecurrentDictRolloutBuffer
+            if isinstance(self.observation_space, spaces.Dict)
+            else TruncatedRecurrentRolloutBuffer
+        )
+        self.rollout_buffer = truncated(
+            self.n_steps,
+            self.observation_space,
+            self.action_space,
+            contrib_buffer.hidden_state_shape,
+            self.device,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            n_envs=self.n_envs,
+            bptt_length=self.bptt_length,
+        )
