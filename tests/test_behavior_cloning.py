@@ -4,6 +4,8 @@ recurrent policies, checkpoints, split and larger-room evaluation, and the ``bc`
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+import yaml
 from imitation.algorithms import bc
 from imitation.data import serialize
 from sb3_contrib import RecurrentPPO
@@ -19,8 +22,10 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from structrl.agents import behavior_cloning, evaluation
 from structrl.agents.behavior_cloning import (
     BEST_MODEL_FILE,
+    CHECKPOINT_FILE,
     MODEL_FILE,
     SUMMARY_FILE,
     BCConfig,
@@ -32,7 +37,9 @@ from structrl.agents.behavior_cloning import (
     balanced_seeds,
     build_model,
     pack_observations,
+    read_bc_checkpoint,
     read_demonstrations,
+    resume_bc,
     train_bc,
     unpacked_state_dict,
 )
@@ -130,7 +137,7 @@ def test_best_checkpoint_is_written_and_loadable(
     first_best = next(record for record in history if record["id_success_rate"] == best_rate)
     assert summary["best"] == first_best and summary["final"] == history[-1]
     assert sorted(path.name for path in run.iterdir()) == sorted(
-        [BEST_MODEL_FILE, MODEL_FILE, SUMMARY_FILE, "config.yml", "tensorboard"]
+        [BEST_MODEL_FILE, CHECKPOINT_FILE, MODEL_FILE, SUMMARY_FILE, "config.yml", "tensorboard"]
     )  # no partial file left
     best = load_model(run / BEST_MODEL_FILE)
     assert type(best) is PPO
@@ -282,7 +289,7 @@ def test_recurrent_bc_run_saves_a_recurrent_model(store: Path, tmp_path: Path) -
     summary = train_bc(config, tmp_path)
     assert summary["steps"] == 3 and summary["validation_episodes"] == {"id": 2, "ood": 2}
     model = load_model(tmp_path / BEST_MODEL_FILE)
-    assert type(model) is RecurrentPPO and isinstance(model.policy.lstm_actor, th.nn.LSTM)
+    assert isinstance(model, RecurrentPPO) and isinstance(model.policy.lstm_actor, th.nn.LSTM)
 
 
 def structrl(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -452,3 +459,327 @@ def test_dagger_labels_the_visited_states_with_the_bot(store: Path, tmp_path: Pa
     assert np.asarray(collected.obs).shape[1] == 8 * 8 * 3 + 1 + 5 and len(collected.acts) >= 1
     assert summary["steps"] > summary["train_transitions"] // 32  # round 1 trained on more than the demos
     assert type(load_model(tmp_path / BEST_MODEL_FILE)) is PPO
+
+
+# --- evaluation with the run's environment settings, and --episodes with --split --------------------------
+
+
+def copy_run(source: Path, target: Path, env_kwargs: dict[str, Any]) -> Path:
+    """The model and config.yml of a run, as if it had been trained with other ``env_kwargs``."""
+    target.mkdir(parents=True)
+    shutil.copy(source / MODEL_FILE, target / MODEL_FILE)
+    config = yaml.safe_load((source / "config.yml").read_text())
+    (target / "config.yml").write_text(yaml.safe_dump({**config, "env_kwargs": env_kwargs}))
+    return target / MODEL_FILE
+
+
+def evaluate_json(capsys: pytest.CaptureFixture[str], out: Path, *args: str) -> tuple[str, dict[str, Any]]:
+    code, stdout, err = structrl(capsys, "evaluate", *args, "--deterministic", "--json", str(out))
+    assert code == 0, err
+    return stdout, json.loads(out.read_text())
+
+
+def test_evaluate_builds_the_env_with_the_runs_env_kwargs(
+    capsys: pytest.CaptureFixture[str], film_run: tuple[Path, dict[str, Any]], store: Path, tmp_path: Path
+) -> None:
+    """
+    The same greedy policy, recorded as trained under minigrid's success rule (``stock_success``), is
+    evaluated under that rule: each of its episodes is a prefix of the episode under the paper's rule, and
+    every episode the paper's rule counts a success (``done`` facing a match) ends earlier, when the agent
+    first faces the match. ``--env-kwargs`` overrides the recorded rule.
+    """
+    run, _ = film_run
+    paper_model = run / MODEL_FILE
+    stock_model = copy_run(run, tmp_path / "stock", {"stock_success": True})
+    # 2 ID validation episodes per goal: the second training episode of each goal and the held-back one
+    split = ["--split", "id", "--demos", str(store), "--id-valid-per-goal", "2", "--ood-valid-per-goal", "2",
+             "--n-envs", "24"]  # fmt: skip
+    _, paper = evaluate_json(capsys, tmp_path / "paper.json", str(paper_model), *split)
+    stdout, stock = evaluate_json(capsys, tmp_path / "stock.json", str(stock_model), *split)
+    assert paper["env_kwargs"] == {} and stock["env_kwargs"] == {"stock_success": True}
+    assert stdout.startswith(f"{ENV} (ID seeds, stock_success=True): 48 episodes")
+    assert paper["seeds"] == stock["seeds"] and len(paper["seeds"]) == 48
+    paper_lengths, stock_lengths = np.array(paper["episode_lengths"]), np.array(stock["episode_lengths"])
+    paper_success = np.array(paper["episode_returns"]) > 0
+    assert paper_success.sum() >= 12  # the policy replays the training layouts
+    assert (stock_lengths <= paper_lengths).all()
+    assert (stock_lengths[paper_success] < paper_lengths[paper_success]).all()
+    assert stock["mean_length"] < paper["mean_length"] and stock["success_rate"] >= paper["success_rate"]
+    _, overridden = evaluate_json(
+        capsys, tmp_path / "overridden.json", str(stock_model), *split, "--env-kwargs", "stock_success=false"
+    )
+    assert overridden["env_kwargs"] == {"stock_success": False}
+    assert overridden["episode_lengths"] == paper["episode_lengths"]
+    assert overridden["episode_returns"] == paper["episode_returns"]
+
+
+def test_a_model_cloned_under_the_stock_rule_is_evaluated_under_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run cloned from demonstrations recorded under minigrid's rule records it; evaluate builds with it."""
+    stock_store = tmp_path / "stock.h5"
+    generate_demos(DemoConfig(per_goal=3, min_length=4, seed=5, stock_success=True), stock_store)
+    run = tmp_path / "run"
+    config = BCConfig(
+        dataset=str(stock_store),
+        model="film",
+        extractor_kwargs=SMALL_FILM,
+        epochs=1,
+        eval_episodes=1,
+        **SPLIT,
+    )
+    summary = train_bc(config, run)
+    assert summary["env_kwargs"] == {"stock_success": True}
+    built: list[gym.Env] = []
+    factory = evaluation.env_factory
+
+    def spy(*args: Any) -> Callable[..., gym.Env]:
+        make = factory(*args)
+
+        def make_and_record(env_id: str, **kwargs: Any) -> gym.Env:
+            built.append(make(env_id, **kwargs))
+            return built[-1]
+
+        return make_and_record
+
+    monkeypatch.setattr(evaluation, "env_factory", spy)
+    _, result = evaluate_json(
+        capsys, tmp_path / "eval.json", str(run / BEST_MODEL_FILE), "--split", "ood", "--demos",
+        str(stock_store), *SPLIT_FLAGS, "--episodes", "3",
+    )  # fmt: skip
+    assert result["env_kwargs"] == {"stock_success": True} and result["episodes"] == 3
+    assert len(built) == 3 and all(env.get_wrapper_attr("stock_success") is True for env in built)
+
+
+def test_evaluate_split_episodes_takes_the_first_seeds_goal_by_goal(
+    capsys: pytest.CaptureFixture[str], film_run: tuple[Path, dict[str, Any]], store: Path, tmp_path: Path
+) -> None:
+    run, summary = film_run
+    split = split_demo_store(store, **SPLIT)
+    common = ["--demos", str(store), *SPLIT_FLAGS]
+    stdout, data = evaluate_json(
+        capsys, tmp_path / "ood.json", str(run / MODEL_FILE), "--split", "ood", "--episodes", "3", *common
+    )
+    assert stdout.startswith(f"{ENV} (OOD seeds): 3 episodes")
+    assert data["episodes"] == 3 == len(data["episode_returns"]) == len(data["episode_lengths"])
+    ood_seeds = split.validation_seeds("ood")  # 12 goals x 2 seeds, grouped by goal
+    assert data["seeds"] == [ood_seeds[0], ood_seeds[2], ood_seeds[4]]  # the first seed of 3 goals
+    env = gym.make(ENV)
+    goals = []
+    for seed in data["seeds"]:
+        env.reset(seed=seed)
+        goals.append(goal_id(env.unwrapped.mission))  # type: ignore[attr-defined]
+    assert goals == list(goal_split("paper").goals("ood")[:3])
+    # the seeds bc evaluates with --eval-episodes 12: the best model's ID success is reproduced
+    _, data = evaluate_json(
+        capsys, tmp_path / "id.json", str(run / BEST_MODEL_FILE), "--split", "id", "--episodes", "12", *common
+    )
+    assert data["episodes"] == 12 and data["success_rate"] == summary["best"]["id_success_rate"]
+    code, stdout, err = structrl(
+        capsys, "evaluate", str(run / MODEL_FILE), "--split", "ood", "--episodes", "25", *common
+    )
+    assert code == 2 and stdout == "" and err.count("\n") == 1
+    assert "--episodes 25 is more than the 24 OOD validation seeds" in err and "--episodes 24 or fewer" in err
+    code, _, err = structrl(
+        capsys, "evaluate", str(run / MODEL_FILE), "--split", "ood", "--episodes", "0", *common
+    )
+    assert code == 2 and "must be positive" in err
+
+
+# --- resuming behaviour cloning ---------------------------------------------------------------------------
+
+#: A feed-forward run (imitation's BC, whose data loader draws the batch order from torch's generator, 9 steps
+#: per epoch, with a sparsity weight ramping over the steps) and a recurrent one (sequence cloning of a RIM
+#: policy, the episode order drawn by the trainer's numpy generator, 3 steps per epoch), each of 3 epochs and
+#: evaluated mid-epoch.
+RESUMABLE: dict[str, dict[str, Any]] = {
+    "feed-forward": {
+        "model": "factored-attention",
+        "extractor_kwargs": SMALL_ATTENTION,
+        "sparsity_weight": 1.0,
+        "sparsity_start": 5,
+        "sparsity_ramp": 20,
+        "eval_every": 4,
+        "steps_per_epoch": 9,
+    },
+    "recurrent": {
+        "model": "film",
+        "extractor_kwargs": SMALL_FILM,
+        "recurrent": "rim",
+        "batch_size": 16,
+        "eval_every": 2,
+        "steps_per_epoch": 3,
+    },
+}
+
+
+def resumable_config(store: Path, kind: str, epochs: int = 3) -> BCConfig:
+    settings = {key: value for key, value in RESUMABLE[kind].items() if key != "steps_per_epoch"}
+    return BCConfig(
+        dataset=str(store),
+        learning_rate=3e-3,
+        epochs=epochs,
+        eval_episodes=2,
+        eval_envs=2,
+        **SPLIT,
+        **settings,
+    )
+
+
+@pytest.fixture(scope="module", params=list(RESUMABLE))
+def uninterrupted(
+    request: pytest.FixtureRequest, store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path, dict[str, Any]]:
+    kind = request.param
+    run = tmp_path_factory.mktemp("bc") / kind
+    return kind, run, train_bc(resumable_config(store, kind), run)
+
+
+def weights(path: Path) -> dict[str, th.Tensor]:
+    return load_model(path).policy.state_dict()
+
+
+def assert_same_weights(first: dict[str, th.Tensor], second: dict[str, th.Tensor]) -> None:
+    assert first.keys() == second.keys()
+    different = [name for name in first if not th.equal(first[name], second[name])]
+    assert not different, f"{len(different)} of {len(first)} tensors differ, e.g. {different[0]}"
+
+
+class InterruptAt:
+    """An ``on_evaluation`` callback that raises KeyboardInterrupt (as Ctrl-C does) at some step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.steps: list[int] = []
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        self.steps.append(record["step"])
+        if record["step"] == self.step:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_bc_run_resumes_from_its_last_epoch(
+    uninterrupted: tuple[str, Path, dict[str, Any]], store: Path, tmp_path: Path
+) -> None:
+    """
+    A run interrupted in its third epoch resumes after the second one and ends exactly as the uninterrupted
+    run: the same weights (bit for bit), evaluations, best model and step count.
+    """
+    kind, full_run, full = uninterrupted
+    per_epoch = RESUMABLE[kind]["steps_per_epoch"]
+    interrupt = InterruptAt(2 * per_epoch + 2)  # an evaluation in the third epoch
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train_bc(resumable_config(store, kind), run, on_evaluation=interrupt)
+    checkpoint = read_bc_checkpoint(run)
+    assert checkpoint is not None
+    assert (checkpoint["epoch"], checkpoint["steps"], checkpoint["finished"]) == (2, 2 * per_epoch, False)
+    assert [record["step"] for record in checkpoint["history"]] == [
+        step for step in interrupt.steps if step <= 2 * per_epoch
+    ]
+    # Ctrl-C saved the policy as it was (2 steps after the checkpoint); the best model is on disk
+    interrupted = weights(run / MODEL_FILE)
+    assert any(not th.equal(interrupted[name], checkpoint["policy"][name]) for name in interrupted)
+    assert (run / BEST_MODEL_FILE).is_file() and not (run / SUMMARY_FILE).exists()
+
+    resumed_steps: list[int] = []
+    summary = resume_bc(run, on_evaluation=lambda record: resumed_steps.append(record["step"]))
+    assert summary["resumed_at_epochs"] == [2]
+    # the evaluations after the checkpoint are made again, none before it
+    assert resumed_steps == [
+        record["step"] for record in full["evaluations"] if record["step"] > 2 * per_epoch
+    ]
+    assert summary["steps"] == full["steps"] == 3 * per_epoch
+    assert summary["evaluations"] == full["evaluations"] and summary["best"] == full["best"]
+    assert_same_weights(weights(run / MODEL_FILE), weights(full_run / MODEL_FILE))
+    assert_same_weights(weights(run / BEST_MODEL_FILE), weights(full_run / BEST_MODEL_FILE))
+    assert summary["sparsity_penalty"] == full["sparsity_penalty"]
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    # the loss is logged at every step, numbered on from the checkpoint's after the resumption
+    assert {event.step for event in events.Scalars("bc/loss")} == set(range(3 * per_epoch))
+
+
+def test_a_finished_bc_run_continues_for_more_epochs(
+    uninterrupted: tuple[str, Path, dict[str, Any]], store: Path, tmp_path: Path
+) -> None:
+    """One epoch, then two more with ``resume_bc(epochs=3)``: the weights of three epochs in one go."""
+    kind, full_run, full = uninterrupted
+    per_epoch = RESUMABLE[kind]["steps_per_epoch"]
+    run = tmp_path / "run"
+    first = train_bc(resumable_config(store, kind, epochs=1), run)
+    assert first["steps"] == per_epoch and first["final"]["step"] == per_epoch
+    with pytest.raises(BCError, match="has finished its 1 epochs: ask for more epochs"):
+        resume_bc(run)
+    summary = resume_bc(run, epochs=3)
+    assert summary["resumed_at_epochs"] == [1] and summary["steps"] == full["steps"]
+    assert_same_weights(weights(run / MODEL_FILE), weights(full_run / MODEL_FILE))
+    # the evaluations of the uninterrupted run, and the one that ended the first session
+    assert [record for record in summary["evaluations"] if record["step"] != per_epoch] == [
+        record for record in full["evaluations"] if record["step"] != per_epoch
+    ]
+    assert yaml.safe_load((run / "config.yml").read_text())["epochs"] == 3
+    with pytest.raises(BCError, match="has trained 3 epochs already: ask for at least 3"):
+        resume_bc(run, epochs=2)
+
+
+def test_resume_refuses_changed_settings_and_dagger_runs(store: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train_bc(film_config(store, limit=1, epochs=1, eval_episodes=1), run)
+    config = yaml.safe_load((run / "config.yml").read_text())
+    (run / "config.yml").write_text(yaml.safe_dump({**config, "learning_rate": 0.5, "seed": 4}))
+    with pytest.raises(BCError, match=r"disagrees with its checkpoint on learning_rate, seed: restore"):
+        resume_bc(run, epochs=2)
+    (run / "config.yml").write_text(yaml.safe_dump({**config, "dagger": True}))
+    with pytest.raises(BCError, match="DAgger runs cannot be resumed"):
+        resume_bc(run, epochs=2)
+    with pytest.raises(BCError, match="not a behaviour-cloning run directory"):
+        resume_bc(tmp_path / "elsewhere")
+
+
+def test_bc_command_ctrl_c_then_resume(
+    capsys: pytest.CaptureFixture[str], store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (in the third evaluation, step 6 of epoch 2) exits with 130 and says how to resume."""
+    out = tmp_path / "run"
+    calls: list[int] = []
+    evaluate = behavior_cloning.evaluate_seeds
+
+    def interrupted_evaluation(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) == 5:  # two evaluations (ID and OOD) per step
+            raise KeyboardInterrupt
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(behavior_cloning, "evaluate_seeds", interrupted_evaluation)
+    new_run = ["--dataset", str(store), "--model", "film", "--extractor-kwargs", "channels=16", "value_dim=8",
+               "word_dim=16", "--limit", "1", *SPLIT_FLAGS, "--epochs", "3", "--eval-every", "2",
+               "--eval-episodes", "1", "--out", str(out)]  # fmt: skip
+    code, stdout, err = structrl(capsys, "bc", *new_run)
+    assert code == 130, err
+    assert stdout.splitlines() == [
+        "step 2: ID success 0.000, OOD success 0.000 (best)",
+        *stdout.splitlines()[1:],
+    ]
+    assert f"interrupted after epoch 1 of 3 (4 steps, saved to {out / CHECKPOINT_FILE})" in err
+    assert f"the current policy is in {out / MODEL_FILE}" in err
+    assert err.rstrip().endswith(f"continue with: structrl bc --resume {out}")
+    monkeypatch.undo()
+
+    code, stdout, err = structrl(capsys, "bc", "--resume", str(out), "--seed", "1")
+    assert code == 2 and "--resume continues a run with its own config.yml; drop --seed" in err
+    code, stdout, err = structrl(capsys, "bc", "--resume", str(out))
+    assert code == 0, err
+    lines = stdout.splitlines()
+    assert lines[0] == f"resuming {out} after epoch 1 (step 4)"
+    assert [line.split(":")[0] for line in lines[1:-1]] == ["step 6", "step 8", "step 10", "step 12"]
+    assert lines[-1].startswith("cloned 24 episodes (146 transitions, 12 steps, 3 epochs)")
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["resumed_at_epochs"] == [1] and [record["step"] for record in summary["evaluations"]] == [
+        2, 4, 6, 8, 10, 12
+    ]  # fmt: skip
+    code, _, err = structrl(capsys, "bc", "--resume", str(out))
+    assert code == 2 and "has finished its 3 epochs: ask for more epochs" in err
+    code, stdout, err = structrl(capsys, "bc", "--resume", str(out), "--epochs", "4", "--eval-envs", "2")
+    assert code == 0, err
+    assert stdout.splitlines()[-1].startswith("cloned 24 episodes (146 transitions, 16 steps, 4 epochs)")

@@ -101,6 +101,31 @@ def test_evaluate_json(run_dir: Path, tmp_path: Path) -> None:
     assert len(data["episode_returns"]) == len(data["episode_lengths"]) == 6
 
 
+def test_evaluate_uses_the_env_kwargs_of_the_run(
+    capsys: pytest.CaptureFixture[str], run_dir: Path, tmp_path: Path
+) -> None:
+    """A run trained with ``env_kwargs`` (a short time limit) is evaluated with them, unless overridden."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(run_dir / "model.zip", run / "model.zip")
+    config = yaml.safe_load((run_dir / "config.yml").read_text())
+    assert config["env_kwargs"] == {}
+    (run / "config.yml").write_text(yaml.safe_dump({**config, "env_kwargs": {"max_steps": 3}}))
+    out = tmp_path / "eval.json"
+    args = ["evaluate", str(run / "model.zip"), "--episodes", "6", "--n-envs", "2", "--json", str(out)]
+    code, stdout, err = structrl_in_process(capsys, *args)
+    assert code == 0, err
+    assert stdout.startswith(f"{ENV} (max_steps=3): 6 episodes")
+    data = json.loads(out.read_text())
+    assert data["env_kwargs"] == {"max_steps": 3} and max(data["episode_lengths"]) <= 3
+    code, stdout, err = structrl_in_process(capsys, *args, "--env-kwargs", "max_steps=40")
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    assert data["env_kwargs"] == {"max_steps": 40} and max(data["episode_lengths"]) > 3
+    code, _, err = structrl_in_process(capsys, *args, "--env-kwargs", "no_such_setting=1")
+    assert code == 2 and "cannot make MiniGrid-Empty-5x5-v0 with the keyword arguments" in err
+
+
 def test_generalize_table_and_json(run_dir: Path, tmp_path: Path) -> None:
     env_ids = [ENV, "MiniGrid-Empty-6x6-v0", "MiniGrid-Empty-8x8-v0"]
     out = tmp_path / "results" / "generalization.json"
@@ -205,6 +230,13 @@ def write_bytes_zip(path: Path) -> Path:
             "did you mean MiniGrid-Empty-16x16-v0",
         ),
         (["record", "MISSING", "--env", ENV, "--out", "x.gif"], "not found"),
+        (
+            ["evaluate", "MISSING", "--env", ENV, "--env-kwargs", "max_steps"],
+            "--env-kwargs expects KEY=VALUE",
+        ),
+        (["bc", "--model", "film"], "bc needs --dataset and --model \\(or --resume DIR\\)"),
+        (["bc", "--resume", "RUN"], "is not a behaviour-cloning run directory \\(no config.yml\\)"),
+        (["bc", "--resume", "RUN", "--model", "film", "--epochs", "3"], "drop --model$"),
     ],
 )
 def test_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], message: str) -> None:

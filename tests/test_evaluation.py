@@ -20,11 +20,14 @@ from structrl.agents import RecurrentA2C, RecurrentPPO
 from structrl.agents.config import ConfigError, build_config
 from structrl.agents.evaluation import (
     ModelLoadError,
+    balanced_seeds,
     evaluate,
+    evaluate_seeds,
     generalize,
     load_model,
     markdown_table,
     record,
+    saved_env_kwargs,
 )
 from structrl.agents.training import load_config, resume, train
 from structrl.callbacks import GeneralizationCallback
@@ -152,6 +155,42 @@ def test_generalize_and_table(rim_model: BaseAlgorithm) -> None:
     assert len(lines) == 2 + len(env_ids)
     assert lines[0].startswith("| environment |")
     assert [line.split("|")[1].strip() for line in lines[2:]] == env_ids
+
+
+def test_env_kwargs_reach_every_evaluated_env(rim_model: BaseAlgorithm, tmp_path: Path) -> None:
+    """A time limit of 2 steps, passed as ``env_kwargs``, ends every episode within 2 steps."""
+    limit = {"max_steps": 2}
+    result = evaluate(rim_model, ENV, episodes=4, n_envs=2, env_kwargs=limit)
+    assert result["env_kwargs"] == limit and result["episode_lengths"] == [2, 2, 2, 2]
+    assert evaluate(rim_model, ENV, episodes=4, n_envs=2)["env_kwargs"] == {}
+    seeded = evaluate_seeds(rim_model, ENV, [3, 4, 5], n_envs=2, env_kwargs=limit)
+    assert seeded["env_kwargs"] == limit and seeded["episode_lengths"] == [2, 2, 2]
+    table = generalize(rim_model, [ENV, "MiniGrid-Empty-6x6-v0"], episodes=2, n_envs=2, env_kwargs=limit)
+    assert [result["episode_lengths"] for result in table] == [[2, 2], [2, 2]]
+    frames = record(rim_model, ENV, tmp_path / "short.gif", episodes=2, env_kwargs=limit)["frames"]
+    assert frames == 2 * (2 + 1)  # each episode: the reset frame and one per step
+    with pytest.raises(ConfigError, match="cannot make MiniGrid-Empty-5x5-v0 with the keyword arguments"):
+        evaluate_seeds(rim_model, ENV, [0], env_kwargs={"no_such_setting": 1})
+
+
+def test_saved_env_kwargs(runs: dict[str, Path], tmp_path: Path) -> None:
+    assert saved_env_kwargs(runs["ppo-mlp"] / "model.zip") == {}
+    assert saved_env_kwargs(runs["ppo-mlp"] / "checkpoints" / "model_32_steps.zip") == {}
+    config = yaml.safe_load((runs["ppo-mlp"] / "config.yml").read_text())
+    (tmp_path / "config.yml").write_text(yaml.safe_dump({**config, "env_kwargs": {"max_steps": 7}}))
+    assert saved_env_kwargs(tmp_path / "model.zip") == {"max_steps": 7}
+    (tmp_path / "config.yml").write_text(yaml.safe_dump({**config, "env_kwargs": [7]}))
+    with pytest.raises(ConfigError, match="not a mapping"):
+        saved_env_kwargs(tmp_path / "model.zip")
+    assert saved_env_kwargs(tmp_path / "elsewhere" / "deeper" / "model.zip") == {}
+
+
+def test_balanced_seeds_take_the_goals_in_turn() -> None:
+    seeds = np.arange(10, 22)  # 3 goals x 4 seeds
+    assert balanced_seeds(seeds, 3, 4).tolist() == [10, 14, 18, 11]
+    assert balanced_seeds(seeds, 3, 100).tolist() == balanced_seeds(seeds, 3, None).tolist()
+    with pytest.raises(ValueError, match="do not make 5 groups"):
+        balanced_seeds(seeds, 5, 2)
 
 
 def test_evaluate_rejects_incompatible_observations(rim_model: BaseAlgorithm) -> None:

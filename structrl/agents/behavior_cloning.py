@@ -21,12 +21,21 @@ privileged state of each environment (:class:`BotExpert`); its rollouts are rest
 **Recurrent policies** (RIM or LSTM) are trained on whole episodes by
 :class:`~structrl.agents.sequence_cloning.SequenceCloningTrainer`, since ``imitation`` has no recurrent BC.
 
-A run directory holds ``config.yml`` (settings, environment, library versions), ``best_model.zip`` (the
-checkpoint with the best ID success rate, written atomically at each improvement), ``model.zip`` (the final
-policy), ``summary.json`` (every evaluation, the best and the final one) and ``tensorboard/`` (the loss terms
-``bc/...`` per optimizer step and the success rates ``eval/...``). The models are Stable-Baselines3 ``PPO``
-(``RecurrentPPO`` for recurrent policies) files holding the cloned policy, so ``structrl evaluate``,
+A run directory holds ``config.yml`` (settings, environment and its ``env_kwargs``, library versions),
+``best_model.zip`` (the checkpoint with the best ID success rate, written atomically at each improvement),
+``model.zip`` (the final policy, or the current one after Ctrl-C), ``checkpoint.pt`` (the state after the last
+completed epoch, see below), ``summary.json`` (every evaluation, the best and the final one) and
+``tensorboard/`` (the loss terms ``bc/...`` per optimizer step and the success rates ``eval/...``). The models
+are Stable-Baselines3 ``PPO`` (``RecurrentPPO`` for recurrent policies) files holding the cloned policy, so
+``structrl evaluate`` (which builds the environment with the run's ``env_kwargs``),
 :func:`~structrl.agents.evaluation.load_model` and further PPO training read them.
+
+**Resuming.** At the end of each epoch, feed-forward and recurrent runs save atomically to ``checkpoint.pt``
+the policy's weights, the optimizer's state, the step and epoch counters (and the sparsity schedule's), the
+random states that order the batches (torch's, which ``imitation``'s data loader draws from, and the
+trainer's numpy generator), the evaluations so far and the best policy's weights. :func:`resume_bc` continues
+an interrupted run from there (the batches of the interrupted epoch are trained again), or a finished run for
+more epochs, and ends with the same weights as an uninterrupted run. DAgger runs are not resumable.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ import datasets
 import gymnasium as gym
 import numpy as np
 import torch as th
+import yaml
 from gymnasium import spaces
 from imitation.algorithms import bc, dagger
 from imitation.data import rollout, types
@@ -61,9 +71,10 @@ from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from structrl.agents.evaluation import evaluate_seeds, write_json
+from structrl.agents.evaluation import balanced_seeds, evaluate_seeds, write_json
 from structrl.agents.sequence_cloning import Demonstration, SequenceCloningTrainer
 from structrl.agents.training import library_versions, write_yaml
+from structrl.data.atomic_files import atomic_open
 from structrl.data.demos import policy_observations
 from structrl.data.episode_store import EpisodeReader
 from structrl.data.splits import (
@@ -101,8 +112,13 @@ CONFIG_FILE = "config.yml"
 MODEL_FILE = "model.zip"
 BEST_MODEL_FILE = "best_model.zip"
 SUMMARY_FILE = "summary.json"
+CHECKPOINT_FILE = "checkpoint.pt"
 TENSORBOARD_DIR = "tensorboard"
 DAGGER_DIR = "dagger"
+#: Version of the layout of ``checkpoint.pt``.
+CHECKPOINT_FORMAT = 1
+#: Settings :func:`resume_bc` may change; the others must stay those of the checkpoint.
+RESUMABLE_SETTINGS = ("epochs", "eval_envs")
 
 
 class BCError(ValueError):
@@ -221,6 +237,21 @@ class BCConfig:
         """
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BCConfig:
+        """
+        Rebuild settings written by :meth:`to_dict` (extra keys, such as those ``config.yml`` adds, are
+        ignored).
+
+        :param data: the dictionary
+        :return: the settings
+        :raises BCError: if ``dataset`` is missing
+        """
+        if "dataset" not in data:
+            raise BCError("the behaviour-cloning settings lack the dataset")
+        names = {item.name for item in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
 
 def read_demonstrations(path: str | Path, indices: np.ndarray) -> list[Demonstration]:
     """
@@ -255,19 +286,6 @@ def store_env_settings(path: str | Path) -> tuple[str, dict[str, Any]]:
             f"record demonstrations in one of the sizes {sorted(REGISTERED_ROOM_SIZES.values())}"
         )
     return registered, {"stock_success": True} if attrs.get("stock_success") else {}
-
-
-def balanced_seeds(seeds: np.ndarray, n_goals: int, count: int | None) -> np.ndarray:
-    """
-    The first ``count`` validation seeds taken goal by goal, so any prefix covers the goals evenly.
-
-    :param seeds: validation seeds grouped by goal, the same number per goal
-    :param n_goals: number of goals
-    :param count: seeds to keep (``None``: all)
-    :return: the selected seeds
-    """
-    interleaved = seeds.reshape(n_goals, -1).T.reshape(-1)
-    return interleaved if count is None else interleaved[:count]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -494,8 +512,12 @@ def _quiet_imitation_warnings() -> Iterator[None]:
 def _save_model(model: BaseAlgorithm, path: Path) -> None:
     """Save a model atomically (SB3 writes ``.zip`` files, so the temporary name ends in ``.zip``)."""
     partial = path.with_name(f".{path.stem}.partial.zip")
-    model.save(partial)
-    os.replace(partial, path)
+    try:
+        model.save(partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def build_model(config: BCConfig, env: gym.Env) -> BaseAlgorithm:
@@ -526,6 +548,10 @@ def build_model(config: BCConfig, env: gym.Env) -> BaseAlgorithm:
         ) from error
 
 
+def _cpu_copy(state: dict[str, th.Tensor]) -> dict[str, th.Tensor]:
+    return {name: value.detach().to("cpu", copy=True) for name, value in state.items()}
+
+
 class _Validation:
     """Greedy evaluation on the validation seeds, its logging, and the best checkpoint."""
 
@@ -544,6 +570,8 @@ class _Validation:
         self.config, self.run_dir, self.logger, self.on_evaluation = config, run_dir, logger, on_evaluation
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
+        #: The weights of the best policy (on the CPU), kept for the run's checkpoint.
+        self.best_state: dict[str, th.Tensor] | None = None
         #: Makes ``model.policy`` the policy being trained (DAgger trains a packed twin).
         self.sync: Callable[[], None] = lambda: None
 
@@ -574,6 +602,7 @@ class _Validation:
         record["best"] = self.best is None or record["id_success_rate"] > self.best["id_success_rate"]
         if record["best"]:
             self.best = record
+            self.best_state = _cpu_copy(self.model.policy.state_dict())
             _save_model(self.model, self.run_dir / BEST_MODEL_FILE)
         self.history.append(record)
         if self.on_evaluation is not None:
@@ -596,6 +625,135 @@ class _StepCounter:
         """Evaluate after the last step, unless that was just done."""
         if not self.validation.history or self.validation.history[-1]["step"] != self.steps:
             self.validation(self.steps)
+
+
+class _Checkpoint:
+    """
+    The resumable state of a run (see :func:`read_bc_checkpoint`), written atomically to ``checkpoint.pt``
+    at the end of each epoch and when the run finishes.
+
+    :param path: The checkpoint file.
+    :param config: The run's settings.
+    :param model: The model being trained.
+    :param counter: The optimizer steps and the evaluations.
+    :param train_transitions: Transitions of the training demonstrations (checked when resuming).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        config: BCConfig,
+        model: BaseAlgorithm,
+        counter: _StepCounter,
+        train_transitions: int,
+    ) -> None:
+        self.path, self.config, self.model, self.counter = path, config, model, counter
+        self.train_transitions = train_transitions
+        #: Epochs completed.
+        self.epoch = 0
+        #: Training seconds of the earlier sessions of the run.
+        self.seconds = 0.0
+        #: The epochs the run was resumed at.
+        self.resumed: list[int] = []
+        #: The state of the trainer (optimizer, counters, generators); set by the training path.
+        self.trainer_state: Callable[[], dict[str, Any]] = dict
+        #: torch's random state after the last completed epoch (``None`` before the first).
+        self.torch_rng: th.Tensor | None = None
+        self.started = time.perf_counter()
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """
+        Take the state of a checkpoint (the trainer's own state is restored by the training path): the
+        policy's weights, the step and epoch counters, the evaluations and the best model, whose file is
+        written again (an evaluation after the checkpoint may have replaced it before an interruption).
+
+        :param saved: a checkpoint (:func:`read_bc_checkpoint`)
+        """
+        validation = self.counter.validation
+        validation.history = list(saved["history"])
+        validation.best = saved["best"]
+        validation.best_state = saved["best_policy"]
+        if validation.best_state is not None:
+            self.model.policy.load_state_dict(validation.best_state)
+            _save_model(self.model, validation.run_dir / BEST_MODEL_FILE)
+        self.model.policy.load_state_dict(saved["policy"])
+        self.counter.steps = int(saved["steps"])
+        self.epoch = int(saved["epoch"])
+        self.seconds = float(saved["seconds"])
+        self.resumed = [*saved["resumed"], self.epoch]
+        self.torch_rng = saved["torch_rng"]
+
+    def begin(self) -> None:
+        """Restore torch's random state of a restored checkpoint, just before training continues."""
+        if self.torch_rng is not None:
+            th.set_rng_state(self.torch_rng)
+
+    def end_epoch(self) -> None:
+        """Count a completed epoch and save the checkpoint."""
+        self.epoch += 1
+        self.torch_rng = th.get_rng_state()
+        self.save(finished=False)
+
+    def elapsed(self) -> float:
+        """
+        :return: training seconds of the run, earlier sessions included
+        """
+        return self.seconds + time.perf_counter() - self.started
+
+    def save(self, finished: bool) -> None:
+        """
+        Write the checkpoint atomically.
+
+        :param finished: whether the run has finished its epochs (and final evaluation)
+        """
+        validation = self.counter.validation
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "train_transitions": self.train_transitions,
+            "epoch": self.epoch,
+            "steps": self.counter.steps,
+            "finished": finished,
+            "seconds": self.elapsed(),
+            "resumed": self.resumed,
+            "policy": _cpu_copy(self.model.policy.state_dict()),
+            "trainer": self.trainer_state(),
+            "torch_rng": th.get_rng_state() if self.torch_rng is None else self.torch_rng,
+            "history": validation.history,
+            "best": validation.best,
+            "best_policy": validation.best_state,
+        }
+        with atomic_open(self.path, "wb") as file:
+            th.save(payload, file)
+
+
+def read_bc_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
+    """
+    The checkpoint of a behaviour-cloning run: the state after its last completed epoch.
+
+    :param run_dir: the run directory
+    :return: ``None`` if the run has no checkpoint (it ended before its first epoch, or is a DAgger run), else
+        ``config`` (the settings), ``epoch`` (epochs completed), ``steps`` (optimizer steps), ``finished``,
+        ``seconds`` (of training so far), ``resumed`` (the epochs it was resumed at), ``history`` and
+        ``best`` (the evaluation records), ``train_transitions``, and the state: ``policy`` and
+        ``best_policy`` (weights), ``trainer`` (optimizer, counters, generators) and ``torch_rng``
+    :raises BCError: if the file is not a readable checkpoint of this version
+    """
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        payload = th.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise BCError(
+            f"cannot read the checkpoint {path} ({error}): delete it to start the run again from epoch 0"
+        ) from error
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise BCError(
+            f"{path} is not a behaviour-cloning checkpoint of this structrl version: delete it to start the "
+            "run again from epoch 0"
+        )
+    return payload
 
 
 def _bc_trainer(
@@ -624,10 +782,50 @@ def _bc_trainer(
     return trainer
 
 
-def _bc_train_kwargs(config: BCConfig, counter: _StepCounter) -> dict[str, Any]:
+class _ContinuedBCLogger(bc.BCLogger):
+    """
+    ``imitation``'s BC logger for a run continued from a checkpoint: the tensorboard steps and the epoch
+    numbers go on from the checkpoint's instead of starting again at 0.
+
+    :param logger: The run's logger.
+    :param steps: Optimizer steps done.
+    :param epochs: Epochs done.
+    """
+
+    def __init__(self, logger: imitation_logger.HierarchicalLogger, steps: int, epochs: int) -> None:
+        super().__init__(logger)
+        self._tensorboard_step = steps
+        self.epochs = epochs
+
+    def log_epoch(self, epoch_number: int) -> None:
+        super().log_epoch(epoch_number + self.epochs)
+
+
+def _bc_trainer_state(trainer: bc.BC) -> dict[str, Any]:
+    """The state of ``imitation``'s BC trainer between epochs (the policy's weights aside)."""
+    calculator = trainer.loss_calculator
     return {
-        "n_epochs": config.epochs,
+        "optimizer": trainer.optimizer.state_dict(),
+        "rng": trainer.rng.bit_generator.state,
+        "loss_step": calculator.step if isinstance(calculator, SparseBCLossCalculator) else 0,
+    }
+
+
+def _load_bc_trainer_state(trainer: bc.BC, state: dict[str, Any]) -> None:
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.rng.bit_generator.state = state["rng"]
+    calculator = trainer.loss_calculator
+    if isinstance(calculator, SparseBCLossCalculator):
+        calculator.step = int(state["loss_step"])
+
+
+def _bc_train_kwargs(
+    n_epochs: int, counter: _StepCounter, on_epoch_end: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    return {
+        "n_epochs": n_epochs,
         "on_batch_end": counter,
+        "on_epoch_end": on_epoch_end,
         "log_interval": 1,
         "log_rollouts_venv": None,
         "progress_bar": False,
@@ -640,6 +838,8 @@ def _train_feed_forward(
     demonstrations: list[Demonstration],
     counter: _StepCounter,
     logger: imitation_logger.HierarchicalLogger,
+    checkpoint: _Checkpoint,
+    saved: dict[str, Any] | None,
 ) -> None:
     trajectories = [
         types.Trajectory(obs=types.DictObs(demo.observations), acts=demo.actions, infos=None, terminal=True)
@@ -649,7 +849,44 @@ def _train_feed_forward(
     assert isinstance(policy, ActorCriticPolicy)
     policy.set_training_mode(True)
     with _quiet_imitation_warnings():
-        _bc_trainer(config, policy, trajectories, logger).train(**_bc_train_kwargs(config, counter))
+        trainer = _bc_trainer(config, policy, trajectories, logger)
+        # imitation counts tensorboard steps and epochs per trainer: a continued run goes on from its own
+        trainer._bc_logger = _ContinuedBCLogger(logger, counter.steps, checkpoint.epoch)
+        checkpoint.trainer_state = lambda: _bc_trainer_state(trainer)
+        if saved is not None:
+            _load_bc_trainer_state(trainer, saved["trainer"])
+        remaining = config.epochs - checkpoint.epoch
+        checkpoint.begin()
+        if remaining > 0:  # imitation's loop fails on 0 epochs
+            trainer.train(**_bc_train_kwargs(remaining, counter, checkpoint.end_epoch))
+
+
+def _train_recurrent(
+    config: BCConfig,
+    model: BaseAlgorithm,
+    demonstrations: list[Demonstration],
+    counter: _StepCounter,
+    logger: imitation_logger.HierarchicalLogger,
+    checkpoint: _Checkpoint,
+    saved: dict[str, Any] | None,
+) -> None:
+    policy = model.policy
+    assert isinstance(policy, RecurrentActorCriticPolicy)
+    trainer = SequenceCloningTrainer(
+        policy,
+        demonstrations,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        ent_weight=config.ent_weight,
+        sparsity_schedule=config.sparsity_schedule() if sparsity_penalty(policy) is not None else None,
+        rng=np.random.default_rng(config.seed),
+        logger=logger,
+    )
+    checkpoint.trainer_state = trainer.state_dict
+    if saved is not None:
+        trainer.load_state_dict(saved["trainer"])
+    checkpoint.begin()
+    trainer.train(config.epochs - checkpoint.epoch, on_batch_end=counter, on_epoch_end=checkpoint.end_epoch)
 
 
 def _train_dagger(
@@ -704,7 +941,7 @@ def _train_dagger(
             bc_trainer=_bc_trainer(config, packed_policy, None, logger),
             custom_logger=logger,
         )
-        train_kwargs = _bc_train_kwargs(config, counter)
+        train_kwargs = _bc_train_kwargs(config.epochs, counter)
         for round_number in range(config.dagger_rounds + 1):
             if round_number > 0:  # round 0 trains on the demonstrations only
                 collector = trainer.create_trajectory_collector()
@@ -719,6 +956,44 @@ def _train_dagger(
             trainer.extend_and_update(train_kwargs)
 
 
+@dataclass(frozen=True)
+class _TrainingData:
+    """The environment and the demonstrations of a run."""
+
+    env_id: str
+    env_kwargs: dict[str, Any]
+    split: DemoSplit
+    demonstrations: list[Demonstration]
+    transitions: int
+
+    @classmethod
+    def load(cls, config: BCConfig) -> _TrainingData:
+        env_id, env_kwargs = store_env_settings(config.dataset)
+        split = split_demo_store(
+            config.dataset,
+            config.goal_split,
+            config.limit,
+            config.id_valid_per_goal,
+            config.ood_valid_per_goal,
+        )
+        demonstrations = read_demonstrations(config.dataset, split.train)
+        transitions = sum(len(demo) for demo in demonstrations)
+        if config.recurrent is None and transitions < config.batch_size:
+            raise BCError(
+                f"the {len(demonstrations)} training episodes hold {transitions} transitions, fewer than a "
+                f"batch of {config.batch_size}: raise --limit or lower --batch-size"
+            )
+        return cls(env_id, env_kwargs, split, demonstrations, transitions)
+
+
+def _clear_run_files(run_dir: Path) -> None:
+    """Remove the files of an earlier run in ``run_dir``."""
+    for name in (MODEL_FILE, BEST_MODEL_FILE, SUMMARY_FILE, CHECKPOINT_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    for name in (TENSORBOARD_DIR, DAGGER_DIR):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
 def train_bc(
     config: BCConfig,
     run_dir: str | Path,
@@ -728,6 +1003,10 @@ def train_bc(
     """
     Clone the demonstrations of a store into a policy and write the run directory (see the module
     documentation); the run replaces the files of an earlier run in the same directory.
+
+    The state after each epoch is saved to ``checkpoint.pt`` (except for DAgger runs). On
+    ``KeyboardInterrupt`` (Ctrl-C) the current policy is saved to ``model.zip`` before the exception
+    propagates; :func:`resume_bc` continues the run from its checkpoint.
 
     :param config: the run's settings
     :param run_dir: the run directory (created if needed)
@@ -740,85 +1019,174 @@ def train_bc(
         :class:`~structrl.data.splits.SplitError`)
     """
     config.check()
-    started = time.perf_counter()
-    th.set_num_threads(threads)
-    env_id, env_kwargs = store_env_settings(config.dataset)
-    split = split_demo_store(
-        config.dataset, config.goal_split, config.limit, config.id_valid_per_goal, config.ood_valid_per_goal
-    )
-    demonstrations = read_demonstrations(config.dataset, split.train)
-    transitions = sum(len(demo) for demo in demonstrations)
-    if config.recurrent is None and transitions < config.batch_size:
-        raise BCError(
-            f"the {len(demonstrations)} training episodes hold {transitions} transitions, fewer than a batch "
-            f"of {config.batch_size}: raise --limit or lower --batch-size"
-        )
+    data = _TrainingData.load(config)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name in (MODEL_FILE, BEST_MODEL_FILE, SUMMARY_FILE):
-        (run_dir / name).unlink(missing_ok=True)
-    for name in (TENSORBOARD_DIR, DAGGER_DIR):
-        shutil.rmtree(run_dir / name, ignore_errors=True)
+    _clear_run_files(run_dir)
+    return _run(config, run_dir, data, threads, on_evaluation, saved=None)
+
+
+def load_bc_config(run_dir: str | Path) -> BCConfig:
+    """
+    The settings of a behaviour-cloning run directory.
+
+    :param run_dir: the run directory
+    :return: the settings read from its ``config.yml``
+    :raises BCError: if the directory holds no ``config.yml`` of ``structrl bc``
+    """
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise BCError(f"{run_dir} is not a behaviour-cloning run directory (no {CONFIG_FILE})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise BCError(f"malformed YAML in {path}: {error}") from error
+    if not isinstance(data, dict) or "dataset" not in data:
+        hint = ": resume it with structrl train --resume" if isinstance(data, dict) and "algo" in data else ""
+        raise BCError(f"{path} is not the configuration of a behaviour-cloning run{hint}")
+    return BCConfig.from_dict(data)
+
+
+def resume_bc(
+    run_dir: str | Path,
+    epochs: int | None = None,
+    threads: int = 1,
+    eval_envs: int | None = None,
+    on_evaluation: Callable[[dict[str, Any]], object] | None = None,
+) -> dict[str, Any]:
+    """
+    Continue an interrupted (or finished, with more ``epochs``) behaviour-cloning run from the checkpoint of
+    its last completed epoch: the policy's weights, the optimizer's state, the step and epoch counters, the
+    random states of the batch order, the evaluations and the best model. The continued run ends with the
+    weights the uninterrupted run would have had (with the same ``threads``: CPU kernels may sum in another
+    order with other thread counts). A run without a checkpoint (stopped in its first epoch) starts again.
+    The tensorboard logs go on in the same folder.
+
+    :param run_dir: the run directory (its ``config.yml`` and ``checkpoint.pt``)
+    :param epochs: a new number of epochs (default: the configured one)
+    :param threads: torch intra-op threads
+    :param eval_envs: environments stepped together in evaluations (default: the configured number; the
+        results do not depend on it)
+    :param on_evaluation: called with each new evaluation record
+    :return: the summary written to ``summary.json``
+    :raises BCError: if the directory holds no behaviour-cloning run, the run is a DAgger run, has already
+        finished its epochs, or its checkpoint disagrees with its settings or demonstrations
+    """
+    run_dir = Path(run_dir)
+    config = load_bc_config(run_dir)
+    if config.dagger:
+        raise BCError(
+            "DAgger runs cannot be resumed: imitation's DAgger keeps its rounds' state (the collecting "
+            "environments, the expert's labels so far) outside any checkpoint; start the run again with "
+            "structrl bc"
+        )
+    if epochs is not None:
+        config.epochs = epochs
+    if eval_envs is not None:
+        config.eval_envs = eval_envs
+    config.check()
+    saved = read_bc_checkpoint(run_dir)
+    if saved is None:
+        data = _TrainingData.load(config)
+        _clear_run_files(run_dir)
+        return _run(config, run_dir, data, threads, on_evaluation, saved=None)
+    saved_config = BCConfig.from_dict(saved["config"])
+    changed = [
+        item.name
+        for item in dataclasses.fields(BCConfig)
+        if item.name not in RESUMABLE_SETTINGS
+        and getattr(saved_config, item.name) != getattr(config, item.name)
+    ]
+    if changed:
+        settings = ", ".join(f"{name}={getattr(saved_config, name)!r}" for name in changed)
+        raise BCError(
+            f"the {CONFIG_FILE} of {run_dir} disagrees with its checkpoint on {', '.join(changed)}: restore "
+            f"the checkpoint's settings ({settings}) in {CONFIG_FILE}"
+        )
+    done = int(saved["epoch"])
+    if config.epochs < done:
+        raise BCError(f"{run_dir} has trained {done} epochs already: ask for at least {done}")
+    if saved["finished"] and config.epochs == done:
+        raise BCError(f"{run_dir} has finished its {done} epochs: ask for more epochs to train further")
+    data = _TrainingData.load(config)
+    if data.transitions != saved["train_transitions"]:
+        raise BCError(
+            f"the training demonstrations of {config.dataset} hold {data.transitions} transitions, the run "
+            f"was trained on {saved['train_transitions']}: resume with the store the run started with"
+        )
+    return _run(config, run_dir, data, threads, on_evaluation, saved=saved)
+
+
+def _run(
+    config: BCConfig,
+    run_dir: Path,
+    data: _TrainingData,
+    threads: int,
+    on_evaluation: Callable[[dict[str, Any]], object] | None,
+    saved: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Train (from the checkpoint ``saved``, if given), evaluate and write the run directory."""
+    th.set_num_threads(threads)
 
     def make_env() -> gym.Env:
-        return gym.make(env_id, **env_kwargs)
+        return gym.make(data.env_id, **data.env_kwargs)
 
     model = build_model(config, make_env())
     write_yaml(
         run_dir / CONFIG_FILE,
         {
             **config.to_dict(),
-            "env_id": env_id,
-            "env_kwargs": env_kwargs,
+            "env_id": data.env_id,
+            "env_kwargs": data.env_kwargs,
             "threads": threads,
             "versions": library_versions(),
         },
     )
+    split = data.split
     goals = {"id": len(split.split.train_goals), "ood": len(split.split.test_goals)}
     seeds = {
         which: balanced_seeds(split.validation_seeds(which), goals[which], config.eval_episodes)
         for which in VALIDATION_SETS
     }
     logger = imitation_logger.configure(run_dir / TENSORBOARD_DIR, ["tensorboard"])
-    validation = _Validation(model, env_id, env_kwargs, seeds, config, run_dir, logger, on_evaluation)
+    validation = _Validation(
+        model, data.env_id, data.env_kwargs, seeds, config, run_dir, logger, on_evaluation
+    )
     counter = _StepCounter(config.eval_every, validation)
+    checkpoint = _Checkpoint(run_dir / CHECKPOINT_FILE, config, model, counter, data.transitions)
+    if saved is not None:
+        checkpoint.restore(saved)
     try:
         if config.recurrent is not None:
-            policy = model.policy
-            assert isinstance(policy, RecurrentActorCriticPolicy)
-            trainer = SequenceCloningTrainer(
-                policy,
-                demonstrations,
-                batch_size=config.batch_size,
-                learning_rate=config.learning_rate,
-                ent_weight=config.ent_weight,
-                sparsity_schedule=config.sparsity_schedule()
-                if sparsity_penalty(policy) is not None
-                else None,
-                rng=np.random.default_rng(config.seed),
-                logger=logger,
-            )
-            trainer.train(config.epochs, on_batch_end=counter)
+            _train_recurrent(config, model, data.demonstrations, counter, logger, checkpoint, saved)
         elif config.dagger:
-            _train_dagger(config, model, demonstrations, split, make_env, counter, logger, run_dir)
+            _train_dagger(config, model, data.demonstrations, split, make_env, counter, logger, run_dir)
         else:
-            _train_feed_forward(config, model, demonstrations, counter, logger)
+            _train_feed_forward(config, model, data.demonstrations, counter, logger, checkpoint, saved)
         counter.finish()
+    except KeyboardInterrupt:
+        validation.sync()
+        _save_model(model, run_dir / MODEL_FILE)
+        raise
     finally:
         logger.close()
+    if not config.dagger:
+        checkpoint.save(finished=True)
     _save_model(model, run_dir / MODEL_FILE)
     penalty = sparsity_penalty(model.policy)
     assert validation.best is not None
     summary = {
         "config": config.to_dict(),
-        "env_id": env_id,
-        "env_kwargs": env_kwargs,
+        "env_id": data.env_id,
+        "env_kwargs": data.env_kwargs,
         "limit": split.limit,
-        "train_episodes": len(demonstrations),
-        "train_transitions": transitions,
+        "train_episodes": len(data.demonstrations),
+        "train_transitions": data.transitions,
         "validation_episodes": {which: len(seeds[which]) for which in VALIDATION_SETS},
+        "epochs": config.epochs,
         "steps": counter.steps,
-        "seconds": time.perf_counter() - started,
+        "resumed_at_epochs": checkpoint.resumed,
+        "seconds": checkpoint.elapsed(),
         "sparsity_penalty": None if penalty is None else penalty.item(),
         "best": validation.best,
         "final": validation.history[-1],

@@ -7,6 +7,10 @@ Models of the fully observed BabyAI GoToLocal task (``structrl/GoToLocal*``) see
 language-conditioned extractor (factored attention, FiLM, Transformer) read any grid size, so they are
 evaluated on the larger rooms (``structrl/GoToLocal-S12-v0``, ...) as they are. :func:`evaluate_seeds` plays
 one episode per given reset seed (the fixed ID and OOD validation episodes of a demonstration store).
+
+Every function takes the ``env_kwargs`` of ``gymnasium.make``: evaluate a model under the environment settings
+it was trained with (:func:`saved_env_kwargs` reads them from its run directory), for example
+``{"stock_success": True}`` for a GoToLocal model trained under minigrid's own success rule.
 """
 
 from __future__ import annotations
@@ -96,6 +100,47 @@ def saved_env_id(model_path: str | Path) -> str | None:
     return env_id if isinstance(env_id, str) else None
 
 
+def saved_env_kwargs(model_path: str | Path) -> dict[str, Any]:
+    """
+    The environment keyword arguments a model was trained with, as recorded in the ``config.yml`` of its
+    run directory (``env_kwargs`` of ``structrl train`` and ``structrl bc``, e.g. ``{"stock_success": True}``
+    for a GoToLocal model cloned from demonstrations recorded under minigrid's success rule).
+
+    :param model_path: path of a ``.zip`` model
+    :return: the keyword arguments of ``gymnasium.make`` (empty without a ``config.yml`` or without any)
+    :raises ConfigError: if the ``config.yml`` holds ``env_kwargs`` that are not a mapping
+    """
+    data = _run_config(model_path)
+    env_kwargs = None if data is None else data.get("env_kwargs")
+    if env_kwargs is None:
+        return {}
+    if not isinstance(env_kwargs, dict):
+        raise ConfigError(
+            f"the config.yml beside {model_path} has env_kwargs {env_kwargs!r}, not a mapping: fix or remove "
+            "that entry"
+        )
+    return dict(env_kwargs)
+
+
+def balanced_seeds(seeds: Sequence[int] | np.ndarray, n_goals: int, count: int | None) -> np.ndarray:
+    """
+    The first ``count`` validation seeds taken goal by goal, so any prefix covers the goals evenly.
+
+    :param seeds: validation seeds grouped by goal, the same number per goal (as
+        :meth:`structrl.data.splits.DemoSplit.validation_seeds` and
+        :func:`structrl.data.splits.find_goal_seeds` give them)
+    :param n_goals: number of goals
+    :param count: seeds to keep (``None``: all; more than there are: all)
+    :return: the selected seeds
+    :raises ValueError: if the seeds cannot be grouped into ``n_goals`` equal groups
+    """
+    seeds = np.asarray(seeds)
+    if n_goals < 1 or len(seeds) % n_goals:
+        raise ValueError(f"{len(seeds)} seeds do not make {n_goals} groups of the same size, one per goal")
+    interleaved = seeds.reshape(n_goals, -1).T.reshape(-1)
+    return interleaved if count is None else interleaved[:count]
+
+
 def _detect_algorithm(path: Path) -> type[BaseAlgorithm]:
     """Find the algorithm class of an SB3 zip from its saved data (without loading the parameters)."""
     try:
@@ -170,6 +215,17 @@ def env_factory(model: BaseAlgorithm, env_wrapper: Any = None) -> Callable[..., 
         return env if wrapper is None else wrapper(env)
 
     return make_wrapped
+
+
+def _make_env(make_env: Callable[..., gym.Env], env_id: str, **make_kwargs: Any) -> gym.Env:
+    """``make_env(env_id, **make_kwargs)``; an env rejecting a keyword argument raises a ConfigError."""
+    try:
+        return make_env(env_id, **make_kwargs)
+    except TypeError as error:
+        raise ConfigError(
+            f"cannot make {env_id} with the keyword arguments {make_kwargs} ({error}): check the env_kwargs "
+            "(the run's config.yml, or those given for the evaluation)"
+        ) from error
 
 
 def _same_observations(env_space: spaces.Space, model_space: spaces.Space) -> bool:
@@ -254,6 +310,7 @@ def evaluate(
     seed: int = 0,
     n_envs: int = 8,
     env_wrapper: Any = None,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """
     Run exactly ``episodes`` episodes and summarise them.
@@ -269,16 +326,23 @@ def evaluate(
     :param seed: environment ``i`` is seeded with ``seed + i``
     :param n_envs: parallel environments
     :param env_wrapper: the training run's ``env_wrapper`` specification (see :func:`env_factory`)
-    :return: ``env_id``, ``episodes``, ``deterministic``, ``seed``, ``success_rate``, ``mean_return``,
-        ``std_return``, ``mean_length``, ``std_length``, ``episode_returns`` and ``episode_lengths``
+    :param env_kwargs: keyword arguments of the environment (``gymnasium.make``), e.g. the training run's
+        (:func:`saved_env_kwargs`)
+    :return: ``env_id``, ``env_kwargs``, ``episodes``, ``deterministic``, ``seed``, ``success_rate``,
+        ``mean_return``, ``std_return``, ``mean_length``, ``std_length``, ``episode_returns`` and
+        ``episode_lengths``
+    :raises ConfigError: if the env rejects ``env_kwargs`` or its observations do not fit the model
     """
     if episodes < 1:
         raise ValueError(f"episodes must be positive, got {episodes}")
+    env_kwargs = dict(env_kwargs or {})
     make_env = env_factory(model, env_wrapper)
-    probe = make_env(env_id)
+    probe = _make_env(make_env, env_id, **env_kwargs)
     probe.close()
     _check_spaces(model, env_id, probe.observation_space)
-    env = make_vec_env(make_env, n_envs=min(n_envs, episodes), seed=seed, env_kwargs={"env_id": env_id})
+    env = make_vec_env(
+        make_env, n_envs=min(n_envs, episodes), seed=seed, env_kwargs={"env_id": env_id, **env_kwargs}
+    )
     try:
         returns, lengths = evaluate_policy(
             model, env, n_eval_episodes=episodes, deterministic=deterministic, return_episode_rewards=True
@@ -290,6 +354,7 @@ def evaluate(
     assert len(episode_returns) == episodes, f"expected {episodes} episodes, got {len(episode_returns)}"
     return {
         "env_id": env_id,
+        "env_kwargs": env_kwargs,
         "episodes": episodes,
         "deterministic": deterministic,
         "seed": seed,
@@ -327,19 +392,23 @@ def evaluate_seeds(
     :param deterministic: take the most probable action (the default: greedy evaluation) instead of sampling
     :param n_envs: environments stepped together
     :param env_wrapper: the training run's ``env_wrapper`` specification (see :func:`env_factory`)
-    :param env_kwargs: keyword arguments of the environment (``gymnasium.make``)
-    :return: ``env_id``, ``episodes``, ``deterministic``, ``seeds``, ``success_rate``, ``mean_return``,
-        ``std_return``, ``mean_length``, ``std_length``, ``episode_returns`` and ``episode_lengths`` (in
-        seed order)
+    :param env_kwargs: keyword arguments of the environment (``gymnasium.make``), e.g. the training run's
+        (:func:`saved_env_kwargs`)
+    :return: ``env_id``, ``env_kwargs``, ``episodes``, ``deterministic``, ``seeds``, ``success_rate``,
+        ``mean_return``, ``std_return``, ``mean_length``, ``std_length``, ``episode_returns`` and
+        ``episode_lengths`` (in seed order)
+    :raises ConfigError: if the env rejects ``env_kwargs`` or its observations do not fit the model
     """
     seeds = [int(seed) for seed in seeds]
     if not seeds or n_envs < 1:
         raise ValueError(f"need at least one seed and one env, got {len(seeds)} seeds and {n_envs} envs")
+    env_kwargs = dict(env_kwargs or {})
     make_env = env_factory(model, env_wrapper)
-    envs = [make_env(env_id, **(env_kwargs or {})) for _ in range(min(n_envs, len(seeds)))]
+    envs = [_make_env(make_env, env_id, **env_kwargs)]
     returns = np.zeros(len(seeds))
     lengths = np.zeros(len(seeds), dtype=int)
     try:
+        envs += [make_env(env_id, **env_kwargs) for _ in range(1, min(n_envs, len(seeds)))]
         _check_spaces(model, env_id, envs[0].observation_space)
         episode_of_env: list[int | None] = list(range(len(envs)))
         observations = [env.reset(seed=seeds[index])[0] for index, env in enumerate(envs)]
@@ -371,6 +440,7 @@ def evaluate_seeds(
             env.close()
     return {
         "env_id": env_id,
+        "env_kwargs": env_kwargs,
         "episodes": len(seeds),
         "deterministic": deterministic,
         "seeds": seeds,
@@ -386,6 +456,7 @@ def generalize(
     seed: int = 0,
     n_envs: int = 8,
     env_wrapper: Any = None,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """
     Evaluate one model on several environments (for example larger grids than the training one).
@@ -397,9 +468,13 @@ def generalize(
     :param seed: seed of the evaluation environments
     :param n_envs: parallel environments
     :param env_wrapper: the training run's ``env_wrapper`` specification (see :func:`env_factory`)
+    :param env_kwargs: keyword arguments of every environment (``gymnasium.make``)
     :return: one :func:`evaluate` result per environment
     """
-    return [evaluate(model, env_id, episodes, deterministic, seed, n_envs, env_wrapper) for env_id in env_ids]
+    return [
+        evaluate(model, env_id, episodes, deterministic, seed, n_envs, env_wrapper, env_kwargs)
+        for env_id in env_ids
+    ]
 
 
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:
@@ -449,6 +524,7 @@ def record(
     seed: int = 0,
     fps: int = 8,
     env_wrapper: Any = None,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """
     Record episodes of the agent to an animated GIF (frames rendered with ``render_mode="rgb_array"``).
@@ -461,11 +537,13 @@ def record(
     :param seed: seed of the environment (reset once with it)
     :param fps: frames per second of the animation
     :param env_wrapper: the training run's ``env_wrapper`` specification (see :func:`env_factory`)
+    :param env_kwargs: keyword arguments of the environment (``gymnasium.make``; ``render_mode`` is set)
     :return: ``frames`` (the number written) and ``episode_returns``
     """
     if episodes < 1:
         raise ValueError(f"episodes must be positive, got {episodes}")
-    env = env_factory(model, env_wrapper)(env_id, render_mode="rgb_array")
+    make_kwargs = {**(env_kwargs or {}), "render_mode": "rgb_array"}
+    env = _make_env(env_factory(model, env_wrapper), env_id, **make_kwargs)
     frames: list[Image.Image] = []
     episode_returns: list[float] = []
     try:

@@ -18,12 +18,17 @@ padded-sequence pattern of sb3-contrib's own ``RecurrentPPO`` training:
   policy's attention models when a :class:`~structrl.policies.factored_attention.SparsitySchedule` is given.
 
 Only the actor is trained; the critic (unused by behaviour cloning) keeps its initial weights.
+
+Training is resumable at epoch boundaries: :meth:`SequenceCloningTrainer.state_dict` holds the optimizer, the
+step and epoch counters and the episode-order generator, so a trainer restored from it (on the same episodes,
+with the policy's weights restored too) continues exactly as the saved one would have.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch as th
@@ -173,6 +178,44 @@ class SequenceCloningTrainer:
         self.optimizer = th.optim.Adam(policy.parameters(), lr=learning_rate)
         #: Optimizer steps taken so far.
         self.step = 0
+        #: Epochs completed so far.
+        self.epoch = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """
+        The trainer's state between epochs, for a checkpoint (``torch.save``, readable with
+        ``weights_only=True``). The policy's weights are not in it: save ``policy.state_dict()`` beside it.
+
+        :return: ``optimizer`` (its state dict), ``step``, ``epoch`` and ``rng`` (the state of the generator
+            of the episode order)
+        """
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """
+        Restore the state saved by :meth:`state_dict` (restore the policy's weights as well), so that training
+        continues as the saved trainer would have.
+
+        :param state: a :meth:`state_dict`
+        :raises SequenceCloningError: if the generator of the episode order is of another kind than the saved
+            one
+        """
+        saved_kind = state["rng"].get("bit_generator")
+        kind = type(self.rng.bit_generator).__name__
+        if saved_kind != kind:
+            raise SequenceCloningError(
+                f"the saved episode order comes from a {saved_kind} generator, this trainer has a {kind}: "
+                f"give the trainer a numpy.random.Generator({saved_kind}(...))"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        self.rng.bit_generator.state = state["rng"]
 
     def batches(self) -> Iterator[SequenceBatch]:
         """
@@ -217,15 +260,22 @@ class SequenceCloningTrainer:
             loss=loss,
         )
 
-    def train(self, n_epochs: int, on_batch_end: Callable[[], None] | None = None) -> None:
+    def train(
+        self,
+        n_epochs: int,
+        on_batch_end: Callable[[], None] | None = None,
+        on_epoch_end: Callable[[], None] | None = None,
+    ) -> None:
         """
-        Train for some epochs (passes over the episodes), one optimizer step per batch.
+        Train for some more epochs (passes over the episodes), one optimizer step per batch.
 
         :param n_epochs: number of epochs
         :param on_batch_end: called after each optimizer step (the policy is put back in training mode
             after it, so it may evaluate the policy)
+        :param on_epoch_end: called after each epoch, once :attr:`epoch` counts it (e.g. to save a checkpoint
+            with :meth:`state_dict`)
         """
-        for epoch in range(n_epochs):
+        for _ in range(n_epochs):
             for batch in self.batches():
                 self.policy.set_training_mode(True)
                 metrics = self.metrics(batch)
@@ -233,10 +283,13 @@ class SequenceCloningTrainer:
                 metrics.loss.backward()
                 self.optimizer.step()
                 if self.logger is not None:
-                    self._log(metrics, epoch, batch)
+                    self._log(metrics, self.epoch, batch)
                 self.step += 1
                 if on_batch_end is not None:
                     on_batch_end()
+            self.epoch += 1
+            if on_epoch_end is not None:
+                on_epoch_end()
 
     def _log(self, metrics: SequenceCloningMetrics, epoch: int, batch: SequenceBatch) -> None:
         assert self.logger is not None
