@@ -33,7 +33,28 @@ def truncation_points(env_change: np.ndarray, buffer_size: int, bptt_length: int
     return np.logical_or(env_change, step % bptt_length == 0).astype(env_change.dtype)
 
 
-class TruncatedRecurrentRolloutBuffer(RecurrentRolloutBuffer):
+class _TruncatedSequences:
+    """
+    Cuts the training sequences of an sb3-contrib recurrent rollout buffer every ``bptt_length`` steps.
+
+    sb3-contrib's buffers override ``_get_samples`` with a signature of their own (an extra ``env_change``),
+    which mypy reports as incompatible with SB3's; the ``type: ignore[misc]`` below are for that.
+    """
+
+    buffer_size: int
+
+    def __init__(self, *args: Any, bptt_length: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bptt_length = bptt_length
+
+    def _get_samples(
+        self, batch_inds: np.ndarray, env_change: np.ndarray, env: VecNormalize | None = None
+    ) -> RecurrentRolloutBufferSamples | RecurrentDictRolloutBufferSamples:
+        cuts = truncation_points(env_change, self.buffer_size, self.bptt_length)
+        return super()._get_samples(batch_inds, cuts, env)  # type: ignore[misc]
+
+
+class TruncatedRecurrentRolloutBuffer(_TruncatedSequences, RecurrentRolloutBuffer):  # type: ignore[misc]
     """
     sb3-contrib's recurrent rollout buffer whose training sequences are at most ``bptt_length`` steps.
 
@@ -45,18 +66,8 @@ class TruncatedRecurrentRolloutBuffer(RecurrentRolloutBuffer):
     :param kwargs: :class:`sb3_contrib.common.recurrent.buffers.RecurrentRolloutBuffer` keyword arguments
     """
 
-    def __init__(self, *args: Any, bptt_length: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.bptt_length = bptt_length
 
-    def _get_samples(  # type: ignore[override]  # sb3-contrib's own signature
-        self, batch_inds: np.ndarray, env_change: np.ndarray, env: VecNormalize | None = None
-    ) -> RecurrentRolloutBufferSamples:
-        cuts = truncation_points(env_change, self.buffer_size, self.bptt_length)
-        return super()._get_samples(batch_inds, cuts, env)
-
-
-class TruncatedRecurrentDictRolloutBuffer(RecurrentDictRolloutBuffer):
+class TruncatedRecurrentDictRolloutBuffer(_TruncatedSequences, RecurrentDictRolloutBuffer):  # type: ignore[misc]
     """
     :class:`TruncatedRecurrentRolloutBuffer` for Dict observations.
 
@@ -64,16 +75,6 @@ class TruncatedRecurrentDictRolloutBuffer(RecurrentDictRolloutBuffer):
     :param bptt_length: the longest training sequence, in steps
     :param kwargs: :class:`sb3_contrib.common.recurrent.buffers.RecurrentDictRolloutBuffer` keyword arguments
     """
-
-    def __init__(self, *args: Any, bptt_length: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.bptt_length = bptt_length
-
-    def _get_samples(  # type: ignore[override]  # sb3-contrib's own signature
-        self, batch_inds: np.ndarray, env_change: np.ndarray, env: VecNormalize | None = None
-    ) -> RecurrentDictRolloutBufferSamples:
-        cuts = truncation_points(env_change, self.buffer_size, self.bptt_length)
-        return super()._get_samples(batch_inds, cuts, env)
 
 
 class RecurrentPPO(ContribRecurrentPPO):
