@@ -1,4 +1,5 @@
-"""The ``structrl`` command: train, evaluate, generalize, record, collect, cswm, demos and bc.
+"""The ``structrl`` command: train, evaluate, generalize, record, collect, cswm, demos, bc, discriminator and
+mvprop.
 
 Bad input (an unknown environment, algorithm or policy, a malformed hyperparameter file, a missing model)
 ends with a one-line ``structrl: error: ...`` on stderr and exit code 2; Ctrl-C with exit code 130.
@@ -17,6 +18,7 @@ from structrl.agents.evaluation import ModelLoadError
 from structrl.cli import evaluate, train
 from structrl.cli.bc import add_bc_parser
 from structrl.cli.collect import add_collect_parser
+from structrl.cli.compgen import add_compgen_parsers
 from structrl.cli.cswm import add_cswm_parser
 from structrl.cli.demos import add_demos_parser
 from structrl.cli.train import EXIT_INTERRUPTED
@@ -57,6 +59,7 @@ def build_parser() -> ArgumentParser:
     add_cswm_parser(commands)
     add_demos_parser(commands)
     add_bc_parser(commands)
+    add_compgen_parsers(commands)
     return parser
 
 

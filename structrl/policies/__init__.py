@@ -8,6 +8,7 @@ from structrl.policies.factored_attention import (
     SparsitySchedule,
     sparsity_penalty,
 )
+from structrl.policies.goal_mask import ImageComponentsToMask
 from structrl.policies.language_baselines import (
     FiLMGRUExtractor,
     TransformerEncoderDecoderExtractor,
@@ -15,6 +16,7 @@ from structrl.policies.language_baselines import (
 )
 from structrl.policies.minigrid_extractor import MiniGridCNN
 from structrl.policies.minigrid_policies import MiniGridCnnPolicy, MiniGridLstmPolicy
+from structrl.policies.mvprop import MVProp2D, MVPropExtractor, MVPropPlanner, MVPropPolicy, QHead
 from structrl.policies.rim import RIM, RIMCell
 from structrl.policies.rim_policy import RIMCore, RIMPolicy
 
@@ -23,9 +25,15 @@ __all__ = [
     "FactoredAttention",
     "FactoredAttentionExtractor",
     "FiLMGRUExtractor",
+    "ImageComponentsToMask",
+    "MVProp2D",
+    "MVPropExtractor",
+    "MVPropPlanner",
+    "MVPropPolicy",
     "MiniGridCNN",
     "MiniGridCnnPolicy",
     "MiniGridLstmPolicy",
+    "QHead",
     "RIMCell",
     "RIMCore",
     "RIMPolicy",
