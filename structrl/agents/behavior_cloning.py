@@ -36,28 +36,27 @@ random states that order the batches (torch's, which ``imitation``'s data loader
 trainer's numpy generator), the evaluations so far and the best policy's weights. :func:`resume_bc` continues
 an interrupted run from there (the batches of the interrupted epoch are trained again), or a finished run for
 more epochs, and ends with the same weights as an uninterrupted run. DAgger runs are not resumable.
+
+The run directory's shared files, the resume checks and the evaluation records are those of all the offline
+trainers (:mod:`structrl.agents.offline_runs`); the greedy evaluations and the model files are shared with the
+MVProp planner (:mod:`structrl.agents.greedy_validation`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import os
 import re
-import shutil
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import datasets
 import gymnasium as gym
 import numpy as np
 import torch as th
-import yaml
 from gymnasium import spaces
 from imitation.algorithms import bc, dagger
 from imitation.data import rollout, types
@@ -71,19 +70,36 @@ from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from structrl.agents.evaluation import balanced_seeds, evaluate_seeds, write_json
+from structrl.agents.evaluation import balanced_seeds as balanced_seeds
+from structrl.agents.evaluation import evaluate_seeds
+from structrl.agents.greedy_validation import (
+    BEST_MODEL_FILE,
+    MODEL_FILE,
+    GreedyValidation,
+    evaluation_problems,
+    validation_seeds,
+)
+from structrl.agents.offline_runs import CHECKPOINT_FILE as CHECKPOINT_FILE
+from structrl.agents.offline_runs import CONFIG_FILE as CONFIG_FILE
+from structrl.agents.offline_runs import SUMMARY_FILE as SUMMARY_FILE
+from structrl.agents.offline_runs import (
+    TENSORBOARD_DIR,
+    OfflineSettings,
+    RunKind,
+    RunProgress,
+    check_resume,
+    check_train_transitions,
+    fresh_run_dir,
+    read_checkpoint,
+    read_run_config,
+    save_checkpoint,
+    write_run_config,
+    write_summary,
+)
 from structrl.agents.sequence_cloning import Demonstration, SequenceCloningTrainer
-from structrl.agents.training import library_versions, write_yaml
-from structrl.data.atomic_files import atomic_open
 from structrl.data.demos import policy_observations
 from structrl.data.episode_store import EpisodeReader
-from structrl.data.splits import (
-    ID_VALID_PER_GOAL,
-    OOD_VALID_PER_GOAL,
-    VALIDATION_SETS,
-    DemoSplit,
-    split_demo_store,
-)
+from structrl.data.splits import ID_VALID_PER_GOAL, OOD_VALID_PER_GOAL, VALIDATION_SETS, DemoSplit
 from structrl.envs.babyai import (
     GOTO_LOCAL_ID,
     REGISTERED_ROOM_SIZES,
@@ -108,12 +124,6 @@ RECURRENT_POLICIES: dict[str, type[RecurrentActorCriticPolicy]] = {
     "rim": RIMPolicy,
     "lstm": MiniGridLstmPolicy,
 }
-CONFIG_FILE = "config.yml"
-MODEL_FILE = "model.zip"
-BEST_MODEL_FILE = "best_model.zip"
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_FILE = "checkpoint.pt"
-TENSORBOARD_DIR = "tensorboard"
 DAGGER_DIR = "dagger"
 #: Version of the layout of ``checkpoint.pt``.
 CHECKPOINT_FORMAT = 1
@@ -125,8 +135,25 @@ class BCError(ValueError):
     """Behaviour-cloning settings that cannot work, or a demonstration store they cannot use."""
 
 
+_RUN = RunKind(
+    name="behaviour-cloning",
+    article="a",
+    error=BCError,
+    tag=None,
+    checkpoint_format=CHECKPOINT_FORMAT,
+    unit="epoch",
+    resumable=RESUMABLE_SETTINGS,
+    outputs=(MODEL_FILE, BEST_MODEL_FILE, DAGGER_DIR),
+    metric="id_success_rate",
+    best_weights="best_policy",
+    unreadable_advice="delete it to start the run again from epoch 0",
+    foreign_advice="delete it to start the run again from epoch 0",
+    restore_in_config=True,
+)
+
+
 @dataclass
-class BCConfig:
+class BCConfig(OfflineSettings):
     """
     A behaviour-cloning run.
 
@@ -157,6 +184,7 @@ class BCConfig:
     :param extractor_kwargs: Keyword arguments of the features extractor (e.g. smaller widths).
     """
 
+    run_kind: ClassVar[RunKind] = _RUN
     dataset: str
     model: str = "factored-attention"
     limit: int | None = None
@@ -214,43 +242,9 @@ class BCConfig:
                 self.dagger and (self.dagger_rounds < 1 or self.dagger_episodes < 1),
                 "DAgger needs at least one round and one episode per round",
             ),
-            (self.eval_every < 0, f"--eval-every must be >= 0, got {self.eval_every}"),
-            (
-                self.eval_episodes is not None and self.eval_episodes < 1,
-                f"--eval-episodes must be positive, got {self.eval_episodes}",
-            ),
-            (self.eval_envs < 1, f"the number of evaluation envs must be positive, got {self.eval_envs}"),
+            *evaluation_problems(self.eval_every, self.eval_episodes, self.eval_envs),
         )
-        for failed, message in problems:
-            if failed:
-                raise BCError(message)
-
-    def sparsity_schedule(self) -> SparsitySchedule:
-        """
-        :return: the weight of the sparsity penalty by optimizer step
-        """
-        return SparsitySchedule(self.sparsity_start, self.sparsity_ramp, self.sparsity_weight)
-
-    def to_dict(self) -> dict[str, Any]:
-        """
-        :return: the settings as plain YAML/JSON data
-        """
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BCConfig:
-        """
-        Rebuild settings written by :meth:`to_dict` (extra keys, such as those ``config.yml`` adds, are
-        ignored).
-
-        :param data: the dictionary
-        :return: the settings
-        :raises BCError: if ``dataset`` is missing
-        """
-        if "dataset" not in data:
-            raise BCError("the behaviour-cloning settings lack the dataset")
-        names = {item.name for item in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
+        self._raise_first(problems)
 
 
 def read_demonstrations(path: str | Path, indices: np.ndarray) -> list[Demonstration]:
@@ -509,17 +503,6 @@ def _quiet_imitation_warnings() -> Iterator[None]:
         yield
 
 
-def _save_model(model: BaseAlgorithm, path: Path) -> None:
-    """Save a model atomically (SB3 writes ``.zip`` files, so the temporary name ends in ``.zip``)."""
-    partial = path.with_name(f".{path.stem}.partial.zip")
-    try:
-        model.save(partial)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-
-
 def build_model(config: BCConfig, env: gym.Env) -> BaseAlgorithm:
     """
     The SB3 model whose policy is cloned: ``PPO`` with an ``ActorCriticPolicy`` or ``RecurrentPPO`` with the
@@ -548,30 +531,17 @@ def build_model(config: BCConfig, env: gym.Env) -> BaseAlgorithm:
         ) from error
 
 
-def _cpu_copy(state: dict[str, th.Tensor]) -> dict[str, th.Tensor]:
-    return {name: value.detach().to("cpu", copy=True) for name, value in state.items()}
-
-
 class _Validation:
-    """Greedy evaluation on the validation seeds, its logging, and the best checkpoint."""
+    """
+    The greedy evaluations of a run (:class:`~structrl.agents.greedy_validation.GreedyValidation`), logged to
+    ``imitation``'s logger.
 
-    def __init__(
-        self,
-        model: BaseAlgorithm,
-        env_id: str,
-        env_kwargs: dict[str, Any],
-        seeds: dict[str, np.ndarray],
-        config: BCConfig,
-        run_dir: Path,
-        logger: imitation_logger.HierarchicalLogger,
-        on_evaluation: Callable[[dict[str, Any]], object] | None,
-    ) -> None:
-        self.model, self.env_id, self.env_kwargs, self.seeds = model, env_id, env_kwargs, seeds
-        self.config, self.run_dir, self.logger, self.on_evaluation = config, run_dir, logger, on_evaluation
-        self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] | None = None
-        #: The weights of the best policy (on the CPU), kept for the run's checkpoint.
-        self.best_state: dict[str, th.Tensor] | None = None
+    :param greedy: The evaluations and the run's progress.
+    :param logger: The run's logger.
+    """
+
+    def __init__(self, greedy: GreedyValidation, logger: imitation_logger.HierarchicalLogger) -> None:
+        self.greedy, self.logger = greedy, logger
         #: Makes ``model.policy`` the policy being trained (DAgger trains a packed twin).
         self.sync: Callable[[], None] = lambda: None
 
@@ -584,29 +554,10 @@ class _Validation:
         :return: the evaluation record
         """
         self.sync()
-        record: dict[str, Any] = {"step": step}
-        for which in VALIDATION_SETS:
-            result = evaluate_seeds(
-                self.model,
-                self.env_id,
-                self.seeds[which],
-                deterministic=True,
-                n_envs=self.config.eval_envs,
-                env_kwargs=self.env_kwargs,
-            )
-            for name in ("success_rate", "mean_return", "mean_length"):
-                record[f"{which}_{name}"] = result[name]
-                self.logger.record(f"eval/{which}_{name}", result[name])
-        self.model.policy.set_training_mode(True)
+        record = self.greedy.evaluate(step, self.logger.record, evaluate_seeds)
+        self.greedy.model.policy.set_training_mode(True)
         self.logger.dump(step)
-        record["best"] = self.best is None or record["id_success_rate"] > self.best["id_success_rate"]
-        if record["best"]:
-            self.best = record
-            self.best_state = _cpu_copy(self.model.policy.state_dict())
-            _save_model(self.model, self.run_dir / BEST_MODEL_FILE)
-        self.history.append(record)
-        if self.on_evaluation is not None:
-            self.on_evaluation(record)
+        self.greedy.keep(record)
         return record
 
 
@@ -623,7 +574,7 @@ class _StepCounter:
 
     def finish(self) -> None:
         """Evaluate after the last step, unless that was just done."""
-        if not self.validation.history or self.validation.history[-1]["step"] != self.steps:
+        if not self.validation.greedy.progress.evaluated_at(self.steps):
             self.validation(self.steps)
 
 
@@ -632,56 +583,51 @@ class _Checkpoint:
     The resumable state of a run (see :func:`read_bc_checkpoint`), written atomically to ``checkpoint.pt``
     at the end of each epoch and when the run finishes.
 
-    :param path: The checkpoint file.
+    :param run_dir: The run directory.
     :param config: The run's settings.
-    :param model: The model being trained.
     :param counter: The optimizer steps and the evaluations.
     :param train_transitions: Transitions of the training demonstrations (checked when resuming).
     """
 
     def __init__(
-        self,
-        path: Path,
-        config: BCConfig,
-        model: BaseAlgorithm,
-        counter: _StepCounter,
-        train_transitions: int,
+        self, run_dir: Path, config: BCConfig, counter: _StepCounter, train_transitions: int
     ) -> None:
-        self.path, self.config, self.model, self.counter = path, config, model, counter
+        self.run_dir, self.config, self.counter = run_dir, config, counter
+        self.greedy = counter.validation.greedy
         self.train_transitions = train_transitions
         #: Epochs completed.
         self.epoch = 0
-        #: Training seconds of the earlier sessions of the run.
-        self.seconds = 0.0
-        #: The epochs the run was resumed at.
-        self.resumed: list[int] = []
         #: The state of the trainer (optimizer, counters, generators); set by the training path.
         self.trainer_state: Callable[[], dict[str, Any]] = dict
+        #: The trainer's state in a restored checkpoint.
+        self.saved_trainer: dict[str, Any] | None = None
         #: torch's random state after the last completed epoch (``None`` before the first).
         self.torch_rng: th.Tensor | None = None
-        self.started = time.perf_counter()
 
     def restore(self, saved: dict[str, Any]) -> None:
         """
-        Take the state of a checkpoint (the trainer's own state is restored by the training path): the
-        policy's weights, the step and epoch counters, the evaluations and the best model, whose file is
-        written again (an evaluation after the checkpoint may have replaced it before an interruption).
+        Take the state of a checkpoint: the policy's weights, the step and epoch counters, the evaluations
+        and the best model, whose file is written again (the trainer's own state is restored when the
+        training path attaches its trainer, torch's random state when it begins).
 
         :param saved: a checkpoint (:func:`read_bc_checkpoint`)
         """
-        validation = self.counter.validation
-        validation.history = list(saved["history"])
-        validation.best = saved["best"]
-        validation.best_state = saved["best_policy"]
-        if validation.best_state is not None:
-            self.model.policy.load_state_dict(validation.best_state)
-            _save_model(self.model, validation.run_dir / BEST_MODEL_FILE)
-        self.model.policy.load_state_dict(saved["policy"])
+        self.greedy.restore(saved)
         self.counter.steps = int(saved["steps"])
         self.epoch = int(saved["epoch"])
-        self.seconds = float(saved["seconds"])
-        self.resumed = [*saved["resumed"], self.epoch]
+        self.saved_trainer = saved["trainer"]
         self.torch_rng = saved["torch_rng"]
+
+    def attach(self, state: Callable[[], dict[str, Any]], load: Callable[[dict[str, Any]], None]) -> None:
+        """
+        Save the trainer's state with each checkpoint, and restore it from a restored checkpoint.
+
+        :param state: gives the trainer's state
+        :param load: restores the trainer's state
+        """
+        self.trainer_state = state
+        if self.saved_trainer is not None:
+            load(self.saved_trainer)
 
     def begin(self) -> None:
         """Restore torch's random state of a restored checkpoint, just before training continues."""
@@ -694,37 +640,26 @@ class _Checkpoint:
         self.torch_rng = th.get_rng_state()
         self.save(finished=False)
 
-    def elapsed(self) -> float:
-        """
-        :return: training seconds of the run, earlier sessions included
-        """
-        return self.seconds + time.perf_counter() - self.started
-
     def save(self, finished: bool) -> None:
         """
         Write the checkpoint atomically.
 
         :param finished: whether the run has finished its epochs (and final evaluation)
         """
-        validation = self.counter.validation
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.config.to_dict(),
-            "train_transitions": self.train_transitions,
-            "epoch": self.epoch,
-            "steps": self.counter.steps,
-            "finished": finished,
-            "seconds": self.elapsed(),
-            "resumed": self.resumed,
-            "policy": _cpu_copy(self.model.policy.state_dict()),
-            "trainer": self.trainer_state(),
-            "torch_rng": th.get_rng_state() if self.torch_rng is None else self.torch_rng,
-            "history": validation.history,
-            "best": validation.best,
-            "best_policy": validation.best_state,
-        }
-        with atomic_open(self.path, "wb") as file:
-            th.save(payload, file)
+        save_checkpoint(
+            self.run_dir,
+            _RUN,
+            {
+                "config": self.config.to_dict(),
+                "train_transitions": self.train_transitions,
+                "epoch": self.epoch,
+                "steps": self.counter.steps,
+                "finished": finished,
+                "trainer": self.trainer_state(),
+                "torch_rng": th.get_rng_state() if self.torch_rng is None else self.torch_rng,
+                **self.greedy.checkpoint(),
+            },
+        )
 
 
 def read_bc_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
@@ -739,21 +674,7 @@ def read_bc_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
         ``best_policy`` (weights), ``trainer`` (optimizer, counters, generators) and ``torch_rng``
     :raises BCError: if the file is not a readable checkpoint of this version
     """
-    path = Path(run_dir) / CHECKPOINT_FILE
-    if not path.is_file():
-        return None
-    try:
-        payload = th.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise BCError(
-            f"cannot read the checkpoint {path} ({error}): delete it to start the run again from epoch 0"
-        ) from error
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise BCError(
-            f"{path} is not a behaviour-cloning checkpoint of this structrl version: delete it to start the "
-            "run again from epoch 0"
-        )
-    return payload
+    return read_checkpoint(run_dir, _RUN)
 
 
 def _bc_trainer(
@@ -836,10 +757,8 @@ def _train_feed_forward(
     config: BCConfig,
     model: BaseAlgorithm,
     demonstrations: list[Demonstration],
-    counter: _StepCounter,
     logger: imitation_logger.HierarchicalLogger,
     checkpoint: _Checkpoint,
-    saved: dict[str, Any] | None,
 ) -> None:
     trajectories = [
         types.Trajectory(obs=types.DictObs(demo.observations), acts=demo.actions, infos=None, terminal=True)
@@ -851,24 +770,22 @@ def _train_feed_forward(
     with _quiet_imitation_warnings():
         trainer = _bc_trainer(config, policy, trajectories, logger)
         # imitation counts tensorboard steps and epochs per trainer: a continued run goes on from its own
-        trainer._bc_logger = _ContinuedBCLogger(logger, counter.steps, checkpoint.epoch)
-        checkpoint.trainer_state = lambda: _bc_trainer_state(trainer)
-        if saved is not None:
-            _load_bc_trainer_state(trainer, saved["trainer"])
+        trainer._bc_logger = _ContinuedBCLogger(logger, checkpoint.counter.steps, checkpoint.epoch)
+        checkpoint.attach(
+            lambda: _bc_trainer_state(trainer), lambda state: _load_bc_trainer_state(trainer, state)
+        )
         remaining = config.epochs - checkpoint.epoch
         checkpoint.begin()
         if remaining > 0:  # imitation's loop fails on 0 epochs
-            trainer.train(**_bc_train_kwargs(remaining, counter, checkpoint.end_epoch))
+            trainer.train(**_bc_train_kwargs(remaining, checkpoint.counter, checkpoint.end_epoch))
 
 
 def _train_recurrent(
     config: BCConfig,
     model: BaseAlgorithm,
     demonstrations: list[Demonstration],
-    counter: _StepCounter,
     logger: imitation_logger.HierarchicalLogger,
     checkpoint: _Checkpoint,
-    saved: dict[str, Any] | None,
 ) -> None:
     policy = model.policy
     assert isinstance(policy, RecurrentActorCriticPolicy)
@@ -882,11 +799,11 @@ def _train_recurrent(
         rng=np.random.default_rng(config.seed),
         logger=logger,
     )
-    checkpoint.trainer_state = trainer.state_dict
-    if saved is not None:
-        trainer.load_state_dict(saved["trainer"])
+    checkpoint.attach(trainer.state_dict, trainer.load_state_dict)
     checkpoint.begin()
-    trainer.train(config.epochs - checkpoint.epoch, on_batch_end=counter, on_epoch_end=checkpoint.end_epoch)
+    trainer.train(
+        config.epochs - checkpoint.epoch, on_batch_end=checkpoint.counter, on_epoch_end=checkpoint.end_epoch
+    )
 
 
 def _train_dagger(
@@ -969,13 +886,7 @@ class _TrainingData:
     @classmethod
     def load(cls, config: BCConfig) -> _TrainingData:
         env_id, env_kwargs = store_env_settings(config.dataset)
-        split = split_demo_store(
-            config.dataset,
-            config.goal_split,
-            config.limit,
-            config.id_valid_per_goal,
-            config.ood_valid_per_goal,
-        )
+        split = config.demo_split()
         demonstrations = read_demonstrations(config.dataset, split.train)
         transitions = sum(len(demo) for demo in demonstrations)
         if config.recurrent is None and transitions < config.batch_size:
@@ -984,14 +895,6 @@ class _TrainingData:
                 f"batch of {config.batch_size}: raise --limit or lower --batch-size"
             )
         return cls(env_id, env_kwargs, split, demonstrations, transitions)
-
-
-def _clear_run_files(run_dir: Path) -> None:
-    """Remove the files of an earlier run in ``run_dir``."""
-    for name in (MODEL_FILE, BEST_MODEL_FILE, SUMMARY_FILE, CHECKPOINT_FILE):
-        (run_dir / name).unlink(missing_ok=True)
-    for name in (TENSORBOARD_DIR, DAGGER_DIR):
-        shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
 def train_bc(
@@ -1020,10 +923,7 @@ def train_bc(
     """
     config.check()
     data = _TrainingData.load(config)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _clear_run_files(run_dir)
-    return _run(config, run_dir, data, threads, on_evaluation, saved=None)
+    return _run(config, fresh_run_dir(run_dir, _RUN), data, threads, on_evaluation, saved=None)
 
 
 def load_bc_config(run_dir: str | Path) -> BCConfig:
@@ -1034,17 +934,7 @@ def load_bc_config(run_dir: str | Path) -> BCConfig:
     :return: the settings read from its ``config.yml``
     :raises BCError: if the directory holds no ``config.yml`` of ``structrl bc``
     """
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise BCError(f"{run_dir} is not a behaviour-cloning run directory (no {CONFIG_FILE})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise BCError(f"malformed YAML in {path}: {error}") from error
-    if not isinstance(data, dict) or "dataset" not in data:
-        hint = ": resume it with structrl train --resume" if isinstance(data, dict) and "algo" in data else ""
-        raise BCError(f"{path} is not the configuration of a behaviour-cloning run{hint}")
-    return BCConfig.from_dict(data)
+    return read_run_config(run_dir, BCConfig)
 
 
 def resume_bc(
@@ -1088,32 +978,10 @@ def resume_bc(
     saved = read_bc_checkpoint(run_dir)
     if saved is None:
         data = _TrainingData.load(config)
-        _clear_run_files(run_dir)
-        return _run(config, run_dir, data, threads, on_evaluation, saved=None)
-    saved_config = BCConfig.from_dict(saved["config"])
-    changed = [
-        item.name
-        for item in dataclasses.fields(BCConfig)
-        if item.name not in RESUMABLE_SETTINGS
-        and getattr(saved_config, item.name) != getattr(config, item.name)
-    ]
-    if changed:
-        settings = ", ".join(f"{name}={getattr(saved_config, name)!r}" for name in changed)
-        raise BCError(
-            f"the {CONFIG_FILE} of {run_dir} disagrees with its checkpoint on {', '.join(changed)}: restore "
-            f"the checkpoint's settings ({settings}) in {CONFIG_FILE}"
-        )
-    done = int(saved["epoch"])
-    if config.epochs < done:
-        raise BCError(f"{run_dir} has trained {done} epochs already: ask for at least {done}")
-    if saved["finished"] and config.epochs == done:
-        raise BCError(f"{run_dir} has finished its {done} epochs: ask for more epochs to train further")
+        return _run(config, fresh_run_dir(run_dir, _RUN), data, threads, on_evaluation, saved=None)
+    check_resume(run_dir, config, saved)
     data = _TrainingData.load(config)
-    if data.transitions != saved["train_transitions"]:
-        raise BCError(
-            f"the training demonstrations of {config.dataset} hold {data.transitions} transitions, the run "
-            f"was trained on {saved['train_transitions']}: resume with the store the run started with"
-        )
+    check_train_transitions(config, data.transitions, saved)
     return _run(config, run_dir, data, threads, on_evaluation, saved=saved)
 
 
@@ -1132,67 +1000,50 @@ def _run(
         return gym.make(data.env_id, **data.env_kwargs)
 
     model = build_model(config, make_env())
-    write_yaml(
-        run_dir / CONFIG_FILE,
-        {
-            **config.to_dict(),
-            "env_id": data.env_id,
-            "env_kwargs": data.env_kwargs,
-            "threads": threads,
-            "versions": library_versions(),
-        },
-    )
+    write_run_config(run_dir, config, threads, env_id=data.env_id, env_kwargs=data.env_kwargs)
     split = data.split
-    goals = {"id": len(split.split.train_goals), "ood": len(split.split.test_goals)}
-    seeds = {
-        which: balanced_seeds(split.validation_seeds(which), goals[which], config.eval_episodes)
-        for which in VALIDATION_SETS
-    }
+    seeds = validation_seeds(split, config.eval_episodes)
     logger = imitation_logger.configure(run_dir / TENSORBOARD_DIR, ["tensorboard"])
-    validation = _Validation(
-        model, data.env_id, data.env_kwargs, seeds, config, run_dir, logger, on_evaluation
-    )
+    progress = RunProgress(_RUN, on_evaluation)
+    greedy = GreedyValidation(model, data.env_id, data.env_kwargs, seeds, config.eval_envs, run_dir, progress)
+    validation = _Validation(greedy, logger)
     counter = _StepCounter(config.eval_every, validation)
-    checkpoint = _Checkpoint(run_dir / CHECKPOINT_FILE, config, model, counter, data.transitions)
+    checkpoint = _Checkpoint(run_dir, config, counter, data.transitions)
     if saved is not None:
         checkpoint.restore(saved)
     try:
         if config.recurrent is not None:
-            _train_recurrent(config, model, data.demonstrations, counter, logger, checkpoint, saved)
+            _train_recurrent(config, model, data.demonstrations, logger, checkpoint)
         elif config.dagger:
             _train_dagger(config, model, data.demonstrations, split, make_env, counter, logger, run_dir)
         else:
-            _train_feed_forward(config, model, data.demonstrations, counter, logger, checkpoint, saved)
+            _train_feed_forward(config, model, data.demonstrations, logger, checkpoint)
         counter.finish()
     except KeyboardInterrupt:
         validation.sync()
-        _save_model(model, run_dir / MODEL_FILE)
+        greedy.save_current()
         raise
     finally:
         logger.close()
     if not config.dagger:
         checkpoint.save(finished=True)
-    _save_model(model, run_dir / MODEL_FILE)
+    greedy.save_current()
     penalty = sparsity_penalty(model.policy)
-    assert validation.best is not None
-    summary = {
-        "config": config.to_dict(),
-        "env_id": data.env_id,
-        "env_kwargs": data.env_kwargs,
-        "limit": split.limit,
-        "train_episodes": len(data.demonstrations),
-        "train_transitions": data.transitions,
-        "validation_episodes": {which: len(seeds[which]) for which in VALIDATION_SETS},
-        "epochs": config.epochs,
-        "steps": counter.steps,
-        "resumed_at_epochs": checkpoint.resumed,
-        "seconds": checkpoint.elapsed(),
-        "sparsity_penalty": None if penalty is None else penalty.item(),
-        "best": validation.best,
-        "final": validation.history[-1],
-        "evaluations": validation.history,
-        "best_model": BEST_MODEL_FILE,
-        "model": MODEL_FILE,
-    }
-    write_json(run_dir / SUMMARY_FILE, summary)
-    return summary
+    return write_summary(
+        run_dir,
+        {
+            "config": config.to_dict(),
+            "env_id": data.env_id,
+            "env_kwargs": data.env_kwargs,
+            "limit": split.limit,
+            "train_episodes": len(data.demonstrations),
+            "train_transitions": data.transitions,
+            "validation_episodes": {which: len(seeds[which]) for which in VALIDATION_SETS},
+            "epochs": config.epochs,
+            "steps": counter.steps,
+            "resumed_at_epochs": progress.resumed,
+            "seconds": progress.elapsed(),
+            "sparsity_penalty": None if penalty is None else penalty.item(),
+            **progress.results(BEST_MODEL_FILE, MODEL_FILE),
+        },
+    )

@@ -42,32 +42,45 @@ atomically. The batch of step ``s`` is drawn from ``numpy.random.default_rng([se
 :func:`resume_discriminator` continues an interrupted run to the same weights as an uninterrupted one (with
 the same number of torch threads).
 :func:`load_interaction_model` gives the trained interaction model to the MVProp planner
-(:mod:`structrl.agents.mvprop_training`).
+(:mod:`structrl.agents.mvprop_training`). The run directory's shared files, the resume checks and the
+validation records are those of all the offline trainers (:mod:`structrl.agents.offline_runs`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import h5py
 import numpy as np
 import torch as th
-import yaml
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.tensorboard import SummaryWriter
 
 from structrl.agents.behavior_cloning import BCError
-from structrl.agents.evaluation import write_json
-from structrl.agents.training import library_versions, write_yaml
-from structrl.data.atomic_files import atomic_open
+from structrl.agents.offline_runs import CHECKPOINT_FILE as CHECKPOINT_FILE
+from structrl.agents.offline_runs import CONFIG_FILE as CONFIG_FILE
+from structrl.agents.offline_runs import SUMMARY_FILE as SUMMARY_FILE
+from structrl.agents.offline_runs import TENSORBOARD_DIR as TENSORBOARD_DIR
+from structrl.agents.offline_runs import (
+    OfflineSettings,
+    RunKind,
+    RunProgress,
+    check_resume,
+    cpu_state_dict,
+    fresh_run_dir,
+    read_checkpoint,
+    read_run_config,
+    save_checkpoint,
+    save_torch_file,
+    tensorboard_writer,
+    write_run_config,
+    write_summary,
+)
 from structrl.data.demos import DIRECTION, GOAL, IMAGE, MISSION, SEED, TARGET_MASK
 from structrl.data.episode_store import (
     ACTIONS,
@@ -77,24 +90,14 @@ from structrl.data.episode_store import (
     EpisodeReader,
     EpisodeStoreError,
 )
-from structrl.data.splits import (
-    ID_VALID_PER_GOAL,
-    OOD_VALID_PER_GOAL,
-    VALIDATION_SETS,
-    DemoSplit,
-    split_demo_store,
-)
+from structrl.data.splits import ID_VALID_PER_GOAL, OOD_VALID_PER_GOAL, VALIDATION_SETS, DemoSplit
 from structrl.envs.babyai import GOTO_LOCAL_VOCABULARY
-from structrl.policies.factored_attention import EMBEDDING_DIM, FACTOR_SIZES, SparsitySchedule
+from structrl.policies.factored_attention import EMBEDDING_DIM, FACTOR_SIZES
 from structrl.policies.goal_mask import ImageComponentsToMask, mask_entropy
 from structrl.policies.mvprop import INTERACTION_MODELS, InteractionModel, build_interaction_model
 
-CONFIG_FILE = "config.yml"
 BEST_FILE = "best_discriminator.pt"
 FINAL_FILE = "discriminator.pt"
-CHECKPOINT_FILE = "checkpoint.pt"
-SUMMARY_FILE = "summary.json"
-TENSORBOARD_DIR = "tensorboard"
 #: Format tags of the weight files and of the checkpoint.
 WEIGHTS_FORMAT = "structrl-goal-discriminator"
 CHECKPOINT_FORMAT = "structrl-goal-discriminator-checkpoint-1"
@@ -108,6 +111,20 @@ _BLOCK_BYTES = 16 * 1024 * 1024
 
 class DiscriminatorError(BCError):
     """Goal-discriminator settings that cannot work, or a demonstration store or run they cannot use."""
+
+
+_RUN = RunKind(
+    name="discriminator",
+    article="a",
+    error=DiscriminatorError,
+    tag="discriminator",
+    checkpoint_format=CHECKPOINT_FORMAT,
+    unit="step",
+    resumable=RESUMABLE_SETTINGS,
+    outputs=(BEST_FILE, FINAL_FILE),
+    metric="id_soft_f1",
+    best_weights="best_model",
+)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -195,11 +212,21 @@ def _gather_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     return result
 
 
-def _read_arrays(path: Path, wanted: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Read rows of ``kind/name`` arrays of a store (already checked by :class:`EpisodeReader`)."""
+def _read_arrays(path: Path, wanted: dict[str, tuple[np.ndarray, tuple[str, ...]]]) -> dict[str, np.ndarray]:
+    """
+    Read rows of arrays of a store (already checked by :class:`EpisodeReader`).
+
+    :param path: the store
+    :param wanted: by kind (``observations``, ...), the rows and the names of the arrays to read
+    :return: the rows of each array, by name
+    """
     try:
         with h5py.File(path, "r") as file:
-            return {key: _gather_rows(file[key], rows) for key, rows in wanted.items()}
+            return {
+                name: _gather_rows(file[f"{kind}/{name}"], rows)
+                for kind, (rows, names) in wanted.items()
+                for name in names
+            }
     except (OSError, KeyError) as error:
         raise EpisodeStoreError(
             f"reading {path} failed ({error}): it is damaged or not a demonstration store (structrl demos)"
@@ -237,23 +264,21 @@ def read_demo_frames(path: str | Path, indices: np.ndarray) -> DemoFrames:
     arrays = _read_arrays(
         path,
         {
-            f"{OBSERVATIONS}/{IMAGE}": observation_rows,
-            f"{OBSERVATIONS}/{DIRECTION}": observation_rows,
-            f"{TRANSITIONS}/{ACTIONS}": transition_rows,
-            f"{EPISODES}/{MISSION}": indices,
-            f"{EPISODES}/{GOAL}": indices,
-            f"{EPISODES}/{SEED}": indices,
+            OBSERVATIONS: (observation_rows, (IMAGE, DIRECTION)),
+            TRANSITIONS: (transition_rows, (ACTIONS,)),
+            EPISODES: (indices, (MISSION, GOAL, SEED)),
         },
     )
+    integers = {name: arrays[name].astype(np.int64) for name in (DIRECTION, ACTIONS, MISSION, GOAL, SEED)}
     return DemoFrames(
         episodes=indices,
         starts=starts,
-        images=arrays[f"{OBSERVATIONS}/{IMAGE}"],
-        directions=arrays[f"{OBSERVATIONS}/{DIRECTION}"].astype(np.int64),
-        actions=arrays[f"{TRANSITIONS}/{ACTIONS}"].astype(np.int64),
-        missions=arrays[f"{EPISODES}/{MISSION}"].astype(np.int64),
-        goals=arrays[f"{EPISODES}/{GOAL}"].astype(np.int64),
-        seeds=arrays[f"{EPISODES}/{SEED}"].astype(np.int64),
+        images=arrays[IMAGE],
+        directions=integers[DIRECTION],
+        actions=integers[ACTIONS],
+        missions=integers[MISSION],
+        goals=integers[GOAL],
+        seeds=integers[SEED],
     )
 
 
@@ -270,20 +295,14 @@ def read_first_frames(path: str | Path, indices: np.ndarray) -> FirstFrames:
         _check_demo_arrays(reader)
         rows = reader.frame_starts[indices]
     arrays = _read_arrays(
-        path,
-        {
-            f"{OBSERVATIONS}/{IMAGE}": rows,
-            f"{OBSERVATIONS}/{DIRECTION}": rows,
-            f"{OBSERVATIONS}/{TARGET_MASK}": rows,
-            f"{EPISODES}/{MISSION}": indices,
-        },
+        path, {OBSERVATIONS: (rows, (IMAGE, DIRECTION, TARGET_MASK)), EPISODES: (indices, (MISSION,))}
     )
     return FirstFrames(
         episodes=indices,
-        images=arrays[f"{OBSERVATIONS}/{IMAGE}"],
-        directions=arrays[f"{OBSERVATIONS}/{DIRECTION}"].astype(np.int64),
-        missions=arrays[f"{EPISODES}/{MISSION}"].astype(np.int64),
-        targets=arrays[f"{OBSERVATIONS}/{TARGET_MASK}"].astype(bool),
+        images=arrays[IMAGE],
+        directions=arrays[DIRECTION].astype(np.int64),
+        missions=arrays[MISSION].astype(np.int64),
+        targets=arrays[TARGET_MASK].astype(bool),
     )
 
 
@@ -578,10 +597,6 @@ def evaluate_goal_maps(
 # Weight files
 
 
-def _cpu_state(module: nn.Module) -> dict[str, th.Tensor]:
-    return {name: value.detach().to("cpu", copy=True) for name, value in module.state_dict().items()}
-
-
 def save_discriminator(
     discriminator: GoalDiscriminator, path: str | Path, step: int, metrics: dict[str, Any] | None = None
 ) -> None:
@@ -593,15 +608,16 @@ def save_discriminator(
     :param step: training steps done
     :param metrics: its evaluation record, if any
     """
-    payload = {
-        "format": WEIGHTS_FORMAT,
-        **discriminator.description(),
-        "step": step,
-        "metrics": metrics,
-        "state_dict": _cpu_state(discriminator),
-    }
-    with atomic_open(path, "wb") as file:
-        th.save(payload, file)
+    save_torch_file(
+        path,
+        {
+            "format": WEIGHTS_FORMAT,
+            **discriminator.description(),
+            "step": step,
+            "metrics": metrics,
+            "state_dict": cpu_state_dict(discriminator),
+        },
+    )
 
 
 def _weights_file(path: str | Path) -> Path:
@@ -660,7 +676,7 @@ def load_interaction_model(path: str | Path, device: th.device | str = "cpu") ->
 
 
 @dataclass
-class DiscriminatorConfig:
+class DiscriminatorConfig(OfflineSettings):
     """
     A goal-discriminator run. The defaults are the paper's (batch 1024, Adam at 1e-4, 200 000 steps, the
     L1 penalty ramped to 1 between steps 1000 and 6000, validation every 20 steps).
@@ -684,6 +700,7 @@ class DiscriminatorConfig:
     :param log_every: Steps between tensorboard records of the training losses.
     """
 
+    run_kind: ClassVar[RunKind] = _RUN
     dataset: str
     model: str = "factored-attention"
     limit: int | None = None
@@ -735,33 +752,7 @@ class DiscriminatorConfig:
                 "the evaluation, checkpoint and log intervals must be positive",
             ),
         )
-        for failed, message in problems:
-            if failed:
-                raise DiscriminatorError(message)
-
-    def sparsity_schedule(self) -> SparsitySchedule:
-        """
-        :return: the weight of the sparsity penalty by global step
-        """
-        return SparsitySchedule(self.sparsity_start, self.sparsity_ramp, self.sparsity_weight)
-
-    def to_dict(self) -> dict[str, Any]:
-        """
-        :return: the settings as plain YAML/JSON data
-        """
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DiscriminatorConfig:
-        """
-        :param data: settings written by :meth:`to_dict` (extra keys are ignored)
-        :return: the settings
-        :raises DiscriminatorError: if ``dataset`` is missing
-        """
-        if "dataset" not in data:
-            raise DiscriminatorError("the discriminator settings lack the dataset")
-        names = {item.name for item in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
+        self._raise_first(problems)
 
 
 def store_vocabulary_size(path: str | Path) -> int:
@@ -783,13 +774,7 @@ class _DiscriminatorData:
 
     @classmethod
     def load(cls, config: DiscriminatorConfig) -> _DiscriminatorData:
-        split = split_demo_store(
-            config.dataset,
-            config.goal_split,
-            config.limit,
-            config.id_valid_per_goal,
-            config.ood_valid_per_goal,
-        )
+        split = config.demo_split()
         if split.limit < 2:
             raise DiscriminatorError(
                 f"{config.dataset} leaves {split.limit} training episode(s) per ID goal after the "
@@ -809,16 +794,7 @@ def load_discriminator_config(run_dir: str | Path) -> DiscriminatorConfig:
     :return: the settings of its ``config.yml``
     :raises DiscriminatorError: if it holds no discriminator ``config.yml``
     """
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise DiscriminatorError(f"{run_dir} is not a discriminator run directory (no {CONFIG_FILE})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise DiscriminatorError(f"malformed YAML in {path}: {error}") from error
-    if not isinstance(data, dict) or data.get("kind") != "discriminator":
-        raise DiscriminatorError(f"{path} is not the configuration of a discriminator run")
-    return DiscriminatorConfig.from_dict(data)
+    return read_run_config(run_dir, DiscriminatorConfig)
 
 
 def read_discriminator_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
@@ -828,20 +804,7 @@ def read_discriminator_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
         ``resumed``, ``history``, ``best``, ``model``, ``optimizer`` and ``best_model`` (state dicts)
     :raises DiscriminatorError: if the file is not a readable checkpoint of this version
     """
-    path = Path(run_dir) / CHECKPOINT_FILE
-    if not path.is_file():
-        return None
-    try:
-        payload = th.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise DiscriminatorError(
-            f"cannot read the checkpoint {path} ({error}): delete it to start again"
-        ) from error
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise DiscriminatorError(
-            f"{path} is not a discriminator checkpoint of this structrl version: delete it"
-        )
-    return payload
+    return read_checkpoint(run_dir, _RUN)
 
 
 class _Run:
@@ -856,35 +819,23 @@ class _Run:
         on_evaluation: Callable[[dict[str, Any]], object] | None,
     ) -> None:
         self.config, self.run_dir, self.data, self.device = config, run_dir, data, device
-        self.on_evaluation = on_evaluation
         th.manual_seed(config.seed)
         self.model = GoalDiscriminator(config.model, data.vocab_size, config.embedding_dim).to(device)
         self.optimizer = th.optim.Adam(self.model.parameters(), lr=config.learning_rate)
         self.step = 0
-        self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] | None = None
-        self.best_state: dict[str, th.Tensor] | None = None
-        self.resumed: list[int] = []
-        self.seconds = 0.0
-        self.started = time.perf_counter()
+        self.progress = RunProgress(_RUN, on_evaluation)
 
     def restore(self, saved: dict[str, Any]) -> None:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.step = int(saved["step"])
-        self.history = list(saved["history"])
-        self.best = saved["best"]
-        self.best_state = saved["best_model"]
-        self.resumed = [*saved["resumed"], self.step]
-        self.seconds = float(saved["seconds"])
-        if self.best_state is not None and self.best is not None:
+        self.progress.restore(saved)
+        best, best_state = self.progress.best, self.progress.best_state
+        if best_state is not None and best is not None:
             # an evaluation after the checkpoint may have replaced the best file before an interruption
-            best = GoalDiscriminator(self.config.model, self.data.vocab_size, self.config.embedding_dim)
-            best.load_state_dict(self.best_state)
-            save_discriminator(best, self.run_dir / BEST_FILE, int(self.best["step"]), self.best)
-
-    def elapsed(self) -> float:
-        return self.seconds + time.perf_counter() - self.started
+            model = GoalDiscriminator(self.config.model, self.data.vocab_size, self.config.embedding_dim)
+            model.load_state_dict(best_state)
+            save_discriminator(model, self.run_dir / BEST_FILE, int(best["step"]), best)
 
     def validate(self, writer: SummaryWriter) -> dict[str, Any]:
         record: dict[str, Any] = {"step": self.step}
@@ -899,38 +850,32 @@ class _Run:
             for name, value in metrics.items():
                 record[f"{which}_{name}"] = value
                 writer.add_scalar(f"eval/{which}_{short[name]}", value, self.step)
-        record["best"] = self.best is None or record["id_soft_f1"] > self.best["id_soft_f1"]
-        if record["best"]:
-            self.best = record
-            self.best_state = _cpu_state(self.model)
-            save_discriminator(self.model, self.run_dir / BEST_FILE, self.step, record)
-        self.history.append(record)
-        if self.on_evaluation is not None:
-            self.on_evaluation(record)
+        self.progress.add(
+            record,
+            lambda: cpu_state_dict(self.model),
+            lambda: save_discriminator(self.model, self.run_dir / BEST_FILE, self.step, record),
+        )
         return record
 
     def save_checkpoint(self, finished: bool) -> None:
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.config.to_dict(),
-            "step": self.step,
-            "finished": finished,
-            "seconds": self.elapsed(),
-            "resumed": self.resumed,
-            "history": self.history,
-            "best": self.best,
-            "model": _cpu_state(self.model),
-            "optimizer": self.optimizer.state_dict(),
-            "best_model": self.best_state,
-        }
-        with atomic_open(self.run_dir / CHECKPOINT_FILE, "wb") as file:
-            th.save(payload, file)
+        save_checkpoint(
+            self.run_dir,
+            _RUN,
+            {
+                "config": self.config.to_dict(),
+                "step": self.step,
+                "finished": finished,
+                "model": cpu_state_dict(self.model),
+                "optimizer": self.optimizer.state_dict(),
+                **self.progress.checkpoint(),
+            },
+        )
 
     def train(self) -> None:
         config = self.config
         sampler = DiscriminatorSampler(self.data.train)
         schedule = config.sparsity_schedule()
-        writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR))
+        writer = tensorboard_writer(self.run_dir)
         try:
             while self.step < config.steps:
                 rng = np.random.default_rng([config.seed, self.step])
@@ -960,13 +905,7 @@ class _Run:
             raise
         finally:
             writer.close()
-        save_discriminator(self.model, self.run_dir / FINAL_FILE, self.step, self.history[-1])
-
-
-def _clear_run_files(run_dir: Path) -> None:
-    for name in (BEST_FILE, FINAL_FILE, CHECKPOINT_FILE, SUMMARY_FILE):
-        (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
+        save_discriminator(self.model, self.run_dir / FINAL_FILE, self.step, self.progress.history[-1])
 
 
 def train_discriminator(
@@ -995,10 +934,7 @@ def train_discriminator(
     config.check()
     th.set_num_threads(threads)
     data = _DiscriminatorData.load(config)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _clear_run_files(run_dir)
-    return _run(config, run_dir, data, threads, device, on_evaluation, saved=None)
+    return _run(config, fresh_run_dir(run_dir, _RUN), data, threads, device, on_evaluation, saved=None)
 
 
 def resume_discriminator(
@@ -1031,28 +967,8 @@ def resume_discriminator(
     saved = read_discriminator_checkpoint(run_dir)
     data = _DiscriminatorData.load(config)
     if saved is None:
-        _clear_run_files(run_dir)
-        return _run(config, run_dir, data, threads, device, on_evaluation, saved=None)
-    saved_config = DiscriminatorConfig.from_dict(saved["config"])
-    changed = [
-        item.name
-        for item in dataclasses.fields(DiscriminatorConfig)
-        if item.name not in RESUMABLE_SETTINGS
-        and getattr(saved_config, item.name) != getattr(config, item.name)
-    ]
-    if changed:
-        settings = ", ".join(f"{name}={getattr(saved_config, name)!r}" for name in changed)
-        raise DiscriminatorError(
-            f"the {CONFIG_FILE} of {run_dir} disagrees with its checkpoint on {', '.join(changed)}: restore "
-            f"the checkpoint's settings ({settings})"
-        )
-    done = int(saved["step"])
-    if config.steps < done:
-        raise DiscriminatorError(f"{run_dir} has trained {done} steps already: ask for at least {done}")
-    if saved["finished"] and config.steps == done:
-        raise DiscriminatorError(
-            f"{run_dir} has finished its {done} steps: ask for more steps to train further"
-        )
+        return _run(config, fresh_run_dir(run_dir, _RUN), data, threads, device, on_evaluation, saved=None)
+    check_resume(run_dir, config, saved)
     return _run(config, run_dir, data, threads, device, on_evaluation, saved=saved)
 
 
@@ -1065,29 +981,22 @@ def _run(
     on_evaluation: Callable[[dict[str, Any]], object] | None,
     saved: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    write_yaml(
-        run_dir / CONFIG_FILE,
-        {"kind": "discriminator", **config.to_dict(), "threads": threads, "versions": library_versions()},
-    )
+    write_run_config(run_dir, config, threads)
     run = _Run(config, run_dir, data, device, on_evaluation)
     if saved is not None:
         run.restore(saved)
     run.train()
-    assert run.best is not None
-    summary = {
-        "config": config.to_dict(),
-        "limit": data.split.limit,
-        "train_episodes": len(data.train),
-        "validation_episodes": {which: len(data.valid[which]) for which in VALIDATION_SETS},
-        "steps": run.step,
-        "resumed_at_steps": run.resumed,
-        "seconds": run.elapsed(),
-        "sparsity_penalty": run.model.interaction.sparsity_penalty().item(),
-        "best": run.best,
-        "final": run.history[-1],
-        "evaluations": run.history,
-        "best_model": BEST_FILE,
-        "model": FINAL_FILE,
-    }
-    write_json(run_dir / SUMMARY_FILE, summary)
-    return summary
+    return write_summary(
+        run_dir,
+        {
+            "config": config.to_dict(),
+            "limit": data.split.limit,
+            "train_episodes": len(data.train),
+            "validation_episodes": {which: len(data.valid[which]) for which in VALIDATION_SETS},
+            "steps": run.step,
+            "resumed_at_steps": run.progress.resumed,
+            "seconds": run.progress.elapsed(),
+            "sparsity_penalty": run.model.interaction.sparsity_penalty().item(),
+            **run.progress.results(BEST_FILE, FINAL_FILE),
+        },
+    )

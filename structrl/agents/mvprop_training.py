@@ -29,42 +29,52 @@ Ctrl-C), ``checkpoint.pt`` (the state after each epoch), ``summary.json`` and ``
 ...). The models are SB3 ``PPO`` files holding the planner's policy, so ``structrl evaluate MODEL --demos
 FILE.h5 --split ood`` and :func:`~structrl.agents.evaluation.load_model` read them. The batch order of epoch
 ``e`` is ``numpy.random.default_rng([seed, e])``, so :func:`resume_mvprop` continues to the same weights as
-an uninterrupted run (with the same number of torch threads).
+an uninterrupted run (with the same number of torch threads). The run directory, the resume checks and the
+greedy evaluations are shared with behaviour cloning (:mod:`structrl.agents.offline_runs`,
+:mod:`structrl.agents.greedy_validation`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import shutil
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 import torch as th
-import yaml
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 from torch.utils.tensorboard import SummaryWriter
 
 from structrl.agents.behavior_cloning import BCError, store_env_settings
-from structrl.agents.evaluation import balanced_seeds, evaluate_seeds, load_model, write_json
+from structrl.agents.evaluation import load_model
 from structrl.agents.goal_discriminator import DemoFrames, load_interaction_model, read_demo_frames
-from structrl.agents.training import library_versions, write_yaml
-from structrl.data.atomic_files import atomic_open
-from structrl.data.splits import (
-    ID_VALID_PER_GOAL,
-    OOD_VALID_PER_GOAL,
-    VALIDATION_SETS,
-    DemoSplit,
-    split_demo_store,
+from structrl.agents.greedy_validation import BEST_MODEL_FILE as BEST_MODEL_FILE
+from structrl.agents.greedy_validation import MODEL_FILE as MODEL_FILE
+from structrl.agents.greedy_validation import GreedyValidation, evaluation_problems, validation_seeds
+from structrl.agents.offline_runs import CHECKPOINT_FILE as CHECKPOINT_FILE
+from structrl.agents.offline_runs import CONFIG_FILE as CONFIG_FILE
+from structrl.agents.offline_runs import SUMMARY_FILE as SUMMARY_FILE
+from structrl.agents.offline_runs import TENSORBOARD_DIR as TENSORBOARD_DIR
+from structrl.agents.offline_runs import (
+    OfflineSettings,
+    RunKind,
+    RunProgress,
+    check_resume,
+    check_train_transitions,
+    fresh_run_dir,
+    read_checkpoint,
+    read_run_config,
+    save_checkpoint,
+    tensorboard_writer,
+    write_run_config,
+    write_summary,
 )
-from structrl.policies.factored_attention import EMBEDDING_DIM, HEAD_CHANNELS, SparsitySchedule
+from structrl.data.splits import ID_VALID_PER_GOAL, OOD_VALID_PER_GOAL, VALIDATION_SETS, DemoSplit
+from structrl.policies.factored_attention import EMBEDDING_DIM, HEAD_CHANNELS
 from structrl.policies.mvprop import (
     DEFAULT_K,
     INTERACTION_MODELS,
@@ -72,12 +82,6 @@ from structrl.policies.mvprop import (
     MVPropPolicy,
 )
 
-CONFIG_FILE = "config.yml"
-MODEL_FILE = "model.zip"
-BEST_MODEL_FILE = "best_model.zip"
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_FILE = "checkpoint.pt"
-TENSORBOARD_DIR = "tensorboard"
 #: Format tag of ``checkpoint.pt``.
 CHECKPOINT_FORMAT = "structrl-mvprop-checkpoint-1"
 #: Settings :func:`resume_mvprop` may change; the others must stay those of the checkpoint.
@@ -90,6 +94,20 @@ REGULARISATION_WEIGHT = 0.01
 
 class MVPropError(BCError):
     """MVProp-planner settings that cannot work, or a store, discriminator or run they cannot use."""
+
+
+_RUN = RunKind(
+    name="MVProp",
+    article="an",
+    error=MVPropError,
+    tag="mvprop",
+    checkpoint_format=CHECKPOINT_FORMAT,
+    unit="epoch",
+    resumable=RESUMABLE_SETTINGS,
+    outputs=(MODEL_FILE, BEST_MODEL_FILE),
+    metric="id_success_rate",
+    best_weights="best_policy",
+)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -215,7 +233,7 @@ def imitation_losses(
 
 
 @dataclass
-class MVPropConfig:
+class MVPropConfig(OfflineSettings):
     """
     An MVProp-planner run. The defaults are the paper's (batch 32, Adam at 1e-3, ``k = 10``, returns
     discounted by 0.9, regularisers weighted 0.01, the interaction model of a discriminator frozen).
@@ -247,6 +265,7 @@ class MVPropConfig:
     :param eval_envs: Environments stepped together in evaluations.
     """
 
+    run_kind: ClassVar[RunKind] = _RUN
     dataset: str
     limit: int | None = None
     goal_split: str = "paper"
@@ -308,40 +327,9 @@ class MVPropConfig:
                 "the sparsity schedule's start and ramp must be >= 0",
             ),
             (self.seed < 0, f"the seed must be >= 0, got {self.seed}"),
-            (self.eval_every < 0, f"--eval-every must be >= 0, got {self.eval_every}"),
-            (
-                self.eval_episodes is not None and self.eval_episodes < 1,
-                f"--eval-episodes must be positive, got {self.eval_episodes}",
-            ),
-            (self.eval_envs < 1, f"the number of evaluation envs must be positive, got {self.eval_envs}"),
+            *evaluation_problems(self.eval_every, self.eval_episodes, self.eval_envs),
         )
-        for failed, message in problems:
-            if failed:
-                raise MVPropError(message)
-
-    def sparsity_schedule(self) -> SparsitySchedule:
-        """
-        :return: the weight of the sparsity penalty by global optimizer step
-        """
-        return SparsitySchedule(self.sparsity_start, self.sparsity_ramp, self.sparsity_weight)
-
-    def to_dict(self) -> dict[str, Any]:
-        """
-        :return: the settings as plain YAML/JSON data
-        """
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MVPropConfig:
-        """
-        :param data: settings written by :meth:`to_dict` (extra keys are ignored)
-        :return: the settings
-        :raises MVPropError: if ``dataset`` is missing
-        """
-        if "dataset" not in data:
-            raise MVPropError("the MVProp settings lack the dataset")
-        names = {item.name for item in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
+        self._raise_first(problems)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -409,21 +397,6 @@ def _planner(model: PPO) -> MVPropPlanner:
     return policy.planner
 
 
-def _save_model(model: PPO, path: Path) -> None:
-    """Save a model atomically (SB3 writes ``.zip`` files, so the temporary name ends in ``.zip``)."""
-    partial = path.with_name(f".{path.stem}.partial.zip")
-    try:
-        model.save(partial)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-
-
-def _cpu_copy(state: dict[str, th.Tensor]) -> dict[str, th.Tensor]:
-    return {name: value.detach().to("cpu", copy=True) for name, value in state.items()}
-
-
 # --------------------------------------------------------------------------------------------------------
 # Training
 
@@ -441,13 +414,7 @@ class _MVPropData:
             env_id, env_kwargs = store_env_settings(config.dataset)
         except BCError as error:
             raise MVPropError(str(error).replace("behaviour cloning", "the MVProp planner")) from error
-        split = split_demo_store(
-            config.dataset,
-            config.goal_split,
-            config.limit,
-            config.id_valid_per_goal,
-            config.ood_valid_per_goal,
-        )
+        split = config.demo_split()
         return cls(env_id, env_kwargs, split, read_demo_frames(config.dataset, split.train))
 
 
@@ -457,16 +424,7 @@ def load_mvprop_config(run_dir: str | Path) -> MVPropConfig:
     :return: the settings of its ``config.yml``
     :raises MVPropError: if it holds no MVProp ``config.yml``
     """
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise MVPropError(f"{run_dir} is not an MVProp run directory (no {CONFIG_FILE})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise MVPropError(f"malformed YAML in {path}: {error}") from error
-    if not isinstance(data, dict) or data.get("kind") != "mvprop":
-        raise MVPropError(f"{path} is not the configuration of an MVProp run")
-    return MVPropConfig.from_dict(data)
+    return read_run_config(run_dir, MVPropConfig)
 
 
 def read_mvprop_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
@@ -477,16 +435,7 @@ def read_mvprop_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
         ``best_policy``
     :raises MVPropError: if the file is not a readable checkpoint of this version
     """
-    path = Path(run_dir) / CHECKPOINT_FILE
-    if not path.is_file():
-        return None
-    try:
-        payload = th.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise MVPropError(f"cannot read the checkpoint {path} ({error}): delete it to start again") from error
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise MVPropError(f"{path} is not an MVProp checkpoint of this structrl version: delete it")
-    return payload
+    return read_checkpoint(run_dir, _RUN)
 
 
 class _Run:
@@ -502,7 +451,6 @@ class _Run:
         on_evaluation: Callable[[dict[str, Any]], object] | None,
     ) -> None:
         self.config, self.run_dir, self.data, self.device = config, run_dir, data, device
-        self.on_evaluation = on_evaluation
         self.model = build_mvprop_model(config, gym.make(data.env_id, **data.env_kwargs), device)
         planner = _planner(self.model)
         self.frozen = config.discriminator is not None
@@ -519,38 +467,20 @@ class _Run:
         self.parameters = [parameter for parameter in planner.parameters() if parameter.requires_grad]
         self.optimizer = th.optim.Adam(self.parameters, lr=config.learning_rate)
         self.schedule = config.sparsity_schedule()
-        goals = {"id": len(data.split.split.train_goals), "ood": len(data.split.split.test_goals)}
-        self.seeds = {
-            which: balanced_seeds(data.split.validation_seeds(which), goals[which], config.eval_episodes)
-            for which in VALIDATION_SETS
-        }
+        self.progress = RunProgress(_RUN, on_evaluation)
+        seeds = validation_seeds(data.split, config.eval_episodes)
+        self.validation = GreedyValidation(
+            self.model, data.env_id, data.env_kwargs, seeds, config.eval_envs, run_dir, self.progress
+        )
         self.transitions = int(data.train.lengths.sum())
         self.epoch = 0
         self.steps = 0
-        self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] | None = None
-        self.best_state: dict[str, th.Tensor] | None = None
-        self.resumed: list[int] = []
-        self.seconds = 0.0
-        self.started = time.perf_counter()
 
     def restore(self, saved: dict[str, Any]) -> None:
-        self.history = list(saved["history"])
-        self.best = saved["best"]
-        self.best_state = saved["best_policy"]
-        if self.best_state is not None:
-            # an evaluation after the checkpoint may have replaced the best model before an interruption
-            self.model.policy.load_state_dict(self.best_state)
-            _save_model(self.model, self.run_dir / BEST_MODEL_FILE)
-        self.model.policy.load_state_dict(saved["policy"])
+        self.validation.restore(saved)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.epoch = int(saved["epoch"])
         self.steps = int(saved["steps"])
-        self.seconds = float(saved["seconds"])
-        self.resumed = [*saved["resumed"], self.epoch]
-
-    def elapsed(self) -> float:
-        return self.seconds + time.perf_counter() - self.started
 
     def batches(self, epoch: int) -> Iterator[TrajectoryBatch]:
         order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.data.train))
@@ -559,52 +489,31 @@ class _Run:
             yield pad_trajectories(self.data.train, items, self.config.discount, self.device)
 
     def evaluate(self, writer: SummaryWriter) -> dict[str, Any]:
-        record: dict[str, Any] = {"step": self.steps}
-        for which in VALIDATION_SETS:
-            result = evaluate_seeds(
-                self.model,
-                self.data.env_id,
-                self.seeds[which],
-                deterministic=True,
-                n_envs=self.config.eval_envs,
-                env_kwargs=self.data.env_kwargs,
-            )
-            for name in ("success_rate", "mean_return", "mean_length"):
-                record[f"{which}_{name}"] = result[name]
-                writer.add_scalar(f"eval/{which}_{name}", result[name], self.steps)
-        record["best"] = self.best is None or record["id_success_rate"] > self.best["id_success_rate"]
-        if record["best"]:
-            self.best = record
-            self.best_state = _cpu_copy(self.model.policy.state_dict())
-            _save_model(self.model, self.run_dir / BEST_MODEL_FILE)
-        self.history.append(record)
-        if self.on_evaluation is not None:
-            self.on_evaluation(record)
+        record = self.validation.evaluate(
+            self.steps, lambda name, value: writer.add_scalar(name, value, self.steps)
+        )
+        self.validation.keep(record)
         return record
 
     def save_checkpoint(self, finished: bool) -> None:
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.config.to_dict(),
-            "train_transitions": self.transitions,
-            "epoch": self.epoch,
-            "steps": self.steps,
-            "finished": finished,
-            "seconds": self.elapsed(),
-            "resumed": self.resumed,
-            "policy": _cpu_copy(self.model.policy.state_dict()),
-            "optimizer": self.optimizer.state_dict(),
-            "history": self.history,
-            "best": self.best,
-            "best_policy": self.best_state,
-        }
-        with atomic_open(self.run_dir / CHECKPOINT_FILE, "wb") as file:
-            th.save(payload, file)
+        save_checkpoint(
+            self.run_dir,
+            _RUN,
+            {
+                "config": self.config.to_dict(),
+                "train_transitions": self.transitions,
+                "epoch": self.epoch,
+                "steps": self.steps,
+                "finished": finished,
+                "optimizer": self.optimizer.state_dict(),
+                **self.validation.checkpoint(),
+            },
+        )
 
     def train(self) -> None:
         config = self.config
         planner = _planner(self.model)
-        writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR))
+        writer = tensorboard_writer(self.run_dir)
         try:
             while self.epoch < config.epochs:
                 for batch in self.batches(self.epoch):
@@ -631,21 +540,15 @@ class _Run:
                 self.epoch += 1
                 if self.epoch < config.epochs:
                     self.save_checkpoint(finished=False)
-            if not self.history or self.history[-1]["step"] != self.steps:
+            if not self.progress.evaluated_at(self.steps):
                 self.evaluate(writer)
         except KeyboardInterrupt:
-            _save_model(self.model, self.run_dir / MODEL_FILE)
+            self.validation.save_current()
             raise
         finally:
             writer.close()
         self.save_checkpoint(finished=True)
-        _save_model(self.model, self.run_dir / MODEL_FILE)
-
-
-def _clear_run_files(run_dir: Path) -> None:
-    for name in (MODEL_FILE, BEST_MODEL_FILE, SUMMARY_FILE, CHECKPOINT_FILE):
-        (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
+        self.validation.save_current()
 
 
 def train_mvprop(
@@ -677,9 +580,7 @@ def train_mvprop(
     th.set_num_threads(threads)
     config, interaction = _resolve_interaction(config)
     data = _MVPropData.load(config)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _clear_run_files(run_dir)
+    run_dir = fresh_run_dir(run_dir, _RUN)
     return _run(config, run_dir, data, interaction, threads, device, on_evaluation, saved=None)
 
 
@@ -719,33 +620,11 @@ def resume_mvprop(
     if saved is None:
         config, interaction = _resolve_interaction(config)
         data = _MVPropData.load(config)
-        _clear_run_files(run_dir)
+        run_dir = fresh_run_dir(run_dir, _RUN)
         return _run(config, run_dir, data, interaction, threads, device, on_evaluation, saved=None)
-    saved_config = MVPropConfig.from_dict(saved["config"])
-    changed = [
-        item.name
-        for item in dataclasses.fields(MVPropConfig)
-        if item.name not in RESUMABLE_SETTINGS
-        and getattr(saved_config, item.name) != getattr(config, item.name)
-    ]
-    if changed:
-        settings = ", ".join(f"{name}={getattr(saved_config, name)!r}" for name in changed)
-        raise MVPropError(
-            f"the {CONFIG_FILE} of {run_dir} disagrees with its checkpoint on {', '.join(changed)}: restore "
-            f"the checkpoint's settings ({settings})"
-        )
-    done = int(saved["epoch"])
-    if config.epochs < done:
-        raise MVPropError(f"{run_dir} has trained {done} epochs already: ask for at least {done}")
-    if saved["finished"] and config.epochs == done:
-        raise MVPropError(f"{run_dir} has finished its {done} epochs: ask for more epochs to train further")
+    check_resume(run_dir, config, saved)
     data = _MVPropData.load(config)
-    transitions = int(data.train.lengths.sum())
-    if transitions != saved["train_transitions"]:
-        raise MVPropError(
-            f"the training demonstrations of {config.dataset} hold {transitions} transitions, the run was "
-            f"trained on {saved['train_transitions']}: resume with the store the run started with"
-        )
+    check_train_transitions(config, int(data.train.lengths.sum()), saved)
     return _run(config, run_dir, data, None, threads, device, on_evaluation, saved=saved)
 
 
@@ -759,43 +638,30 @@ def _run(
     on_evaluation: Callable[[dict[str, Any]], object] | None,
     saved: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    write_yaml(
-        run_dir / CONFIG_FILE,
-        {
-            "kind": "mvprop",
-            **config.to_dict(),
-            "env_id": data.env_id,
-            "env_kwargs": data.env_kwargs,
-            "threads": threads,
-            "versions": library_versions(),
-        },
-    )
+    write_run_config(run_dir, config, threads, env_id=data.env_id, env_kwargs=data.env_kwargs)
     run = _Run(config, run_dir, data, interaction, device, on_evaluation)
     if saved is not None:
         run.restore(saved)
     run.train()
-    assert run.best is not None
-    summary = {
-        "config": config.to_dict(),
-        "env_id": data.env_id,
-        "env_kwargs": data.env_kwargs,
-        "limit": data.split.limit,
-        "train_episodes": len(data.train),
-        "train_transitions": run.transitions,
-        "validation_episodes": {which: len(run.seeds[which]) for which in VALIDATION_SETS},
-        "frozen_interaction": run.frozen,
-        "epochs": config.epochs,
-        "steps": run.steps,
-        "resumed_at_epochs": run.resumed,
-        "seconds": run.elapsed(),
-        "best": run.best,
-        "final": run.history[-1],
-        "evaluations": run.history,
-        "best_model": BEST_MODEL_FILE,
-        "model": MODEL_FILE,
-    }
-    write_json(run_dir / SUMMARY_FILE, summary)
-    return summary
+    seeds = run.validation.seeds
+    return write_summary(
+        run_dir,
+        {
+            "config": config.to_dict(),
+            "env_id": data.env_id,
+            "env_kwargs": data.env_kwargs,
+            "limit": data.split.limit,
+            "train_episodes": len(data.train),
+            "train_transitions": run.transitions,
+            "validation_episodes": {which: len(seeds[which]) for which in VALIDATION_SETS},
+            "frozen_interaction": run.frozen,
+            "epochs": config.epochs,
+            "steps": run.steps,
+            "resumed_at_epochs": run.progress.resumed,
+            "seconds": run.progress.elapsed(),
+            **run.progress.results(BEST_MODEL_FILE, MODEL_FILE),
+        },
+    )
 
 
 def load_planner(path: str | Path, device: th.device | str = "cpu") -> MVPropPlanner:

@@ -6,8 +6,6 @@ Spilsbury & Ilin (2022) on BabyAI GoToLocal demonstrations.
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,6 @@ from structrl.agents.goal_discriminator import (
     train_discriminator,
 )
 from structrl.agents.goal_discriminator import CHECKPOINT_FILE as DISCRIMINATOR_CHECKPOINT
-from structrl.agents.goal_discriminator import CONFIG_FILE as DISCRIMINATOR_CONFIG
 from structrl.agents.mvprop_training import (
     BEST_MODEL_FILE,
     MODEL_FILE,
@@ -34,20 +31,51 @@ from structrl.agents.mvprop_training import (
     train_mvprop,
 )
 from structrl.agents.mvprop_training import CHECKPOINT_FILE as MVPROP_CHECKPOINT
-from structrl.agents.mvprop_training import CONFIG_FILE as MVPROP_CONFIG
 from structrl.cli.demos import add_split_arguments
-from structrl.cli.train import EXIT_INTERRUPTED
+from structrl.cli.offline_options import (
+    OfflineCommand,
+    add_dataset_argument,
+    add_epochs_argument,
+    add_learning_rate_argument,
+    add_policy_evaluation_arguments,
+    add_run_arguments,
+    add_seed_argument,
+    add_sparsity_arguments,
+    check_threads,
+    default_run_dir,
+    given_settings,
+    interruption_message,
+    print_success_rates,
+    require_options,
+    resumed_run_dir,
+    run_interruptible,
+)
 from structrl.policies.mvprop import INTERACTION_MODELS
 
-#: Parsed names that are not options of a run.
-_NOT_OPTIONS = ("command", "run", "resume")
-#: Options that only change how a run is executed, not its settings.
-_RUNTIME_OPTIONS = ("threads", "device", "out")
-#: Options that may be given with ``--resume``.
-_DISCRIMINATOR_RESUME_OPTIONS = ("steps", "threads", "device")
-_MVPROP_RESUME_OPTIONS = ("epochs", "eval_envs", "threads", "device")
-#: Config fields by option name, where they differ.
-_CONFIG_NAMES = {"lr": "learning_rate", "reg_weight": "regularisation_weight"}
+_DISCRIMINATOR = OfflineCommand(
+    name="discriminator",
+    error=DiscriminatorError,
+    resume_options=("steps", "threads", "device"),
+    load_config=load_discriminator_config,
+    read_checkpoint=read_discriminator_checkpoint,
+    unit="step",
+    current_file=FINAL_FILE,
+    current_is="the current weights are in",
+    first_stop="before the first checkpoint",
+)
+_MVPROP = OfflineCommand(
+    name="mvprop",
+    error=MVPropError,
+    resume_options=("epochs", "eval_envs", "threads", "device"),
+    load_config=load_mvprop_config,
+    read_checkpoint=read_mvprop_checkpoint,
+    unit="epoch",
+    current_file=MODEL_FILE,
+    current_is="the current policy is in",
+    first_stop="in the first epoch",
+)
+#: ``--resume`` of both commands.
+_RESUME_HELP = "continue the run in DIR from its checkpoint, with its own settings"
 #: Steps between progress lines of the discriminator (besides its new bests).
 _PRINT_EVERY = 1000
 
@@ -71,28 +99,17 @@ def add_discriminator_parser(subparsers: Any) -> None:
         "tensorboard/ to --out; --resume DIR continues an interrupted run (or a finished one, with more "
         "--steps).",
     )
-    parser.add_argument(
-        "--dataset", metavar="FILE.h5", help="the demonstration store (required for a new run)"
-    )
+    add_dataset_argument(parser)
     parser.add_argument(
         "--model", choices=list(INTERACTION_MODELS), help="the interaction model (required for a new run)"
     )
     add_split_arguments(parser, evaluation=False)
-    parser.add_argument(
-        "--sparsity-weight",
-        type=float,
-        metavar="W",
-        help=f"final weight of the L1 sparsity penalty, 0 for the unregularised model "
+    add_sparsity_arguments(
+        parser,
+        f"final weight of the L1 sparsity penalty, 0 for the unregularised model "
         f"(default {defaults.sparsity_weight:g})",
-    )
-    parser.add_argument(
-        "--sparsity-start",
-        type=int,
-        metavar="N",
-        help=f"steps before the weight ramps up ({defaults.sparsity_start})",
-    )
-    parser.add_argument(
-        "--sparsity-ramp", type=int, metavar="N", help=f"steps of the linear ramp ({defaults.sparsity_ramp})"
+        f"steps before the weight ramps up ({defaults.sparsity_start})",
+        f"steps of the linear ramp ({defaults.sparsity_ramp})",
     )
     parser.add_argument(
         "--steps", type=int, help=f"optimizer steps (default {defaults.steps}); with --resume: a new total"
@@ -100,11 +117,11 @@ def add_discriminator_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--batch-size", type=int, help=f"examples per step, half positive (default {defaults.batch_size})"
     )
-    parser.add_argument("--lr", type=float, help=f"Adam's learning rate (default {defaults.learning_rate:g})")
+    add_learning_rate_argument(parser, defaults)
     parser.add_argument(
         "--embedding-dim", type=int, help=f"width of the embeddings (default {defaults.embedding_dim})"
     )
-    parser.add_argument("--seed", type=int, help=f"seed of the weights and batches (default {defaults.seed})")
+    add_seed_argument(parser, defaults)
     parser.add_argument(
         "--eval-every",
         type=int,
@@ -117,10 +134,7 @@ def add_discriminator_parser(subparsers: Any) -> None:
         metavar="N",
         help=f"steps between checkpoints (default {defaults.checkpoint_every})",
     )
-    _add_runtime_arguments(parser, "discriminator")
-    parser.set_defaults(
-        run=run_discriminator, goal_split=None, id_valid_per_goal=None, ood_valid_per_goal=None
-    )
+    add_run_arguments(parser, "runs/discriminator-...-seedSEED", _RESUME_HELP, run_discriminator)
 
 
 def add_mvprop_parser(subparsers: Any) -> None:
@@ -142,9 +156,7 @@ def add_mvprop_parser(subparsers: Any) -> None:
         "to --out; the models are SB3 PPO files for structrl evaluate. --resume DIR continues an "
         "interrupted run (or a finished one, with more --epochs).",
     )
-    parser.add_argument(
-        "--dataset", metavar="FILE.h5", help="the demonstration store (required for a new run)"
-    )
+    add_dataset_argument(parser)
     add_split_arguments(parser, evaluation=False)
     parser.add_argument(
         "--discriminator",
@@ -170,51 +182,26 @@ def add_mvprop_parser(subparsers: Any) -> None:
         metavar=("C1", "C2"),
         help=f"channels of the Q-head (default {defaults.head_channels[0]} {defaults.head_channels[1]})",
     )
-    parser.add_argument(
-        "--epochs",
-        type=int,
-        help=f"passes over the demonstrations (default {defaults.epochs}); with --resume: a new total",
-    )
+    add_epochs_argument(parser, defaults)
     parser.add_argument(
         "--batch-size", type=int, help=f"demonstrations per step (default {defaults.batch_size})"
     )
-    parser.add_argument("--lr", type=float, help=f"Adam's learning rate (default {defaults.learning_rate:g})")
+    add_learning_rate_argument(parser, defaults)
     parser.add_argument(
         "--reg-weight",
         type=float,
         help=f"weight of the untaken-action and value-map regularisers "
         f"(default {defaults.regularisation_weight:g})",
     )
-    parser.add_argument(
-        "--sparsity-weight",
-        type=float,
-        metavar="W",
-        help="end to end only: final weight of the L1 sparsity penalty (default 0: none)",
+    add_sparsity_arguments(
+        parser,
+        "end to end only: final weight of the L1 sparsity penalty (default 0: none)",
+        f"steps before W ramps up ({defaults.sparsity_start})",
+        f"steps of the ramp to W ({defaults.sparsity_ramp})",
     )
-    parser.add_argument(
-        "--sparsity-start", type=int, metavar="N", help=f"steps before W ramps up ({defaults.sparsity_start})"
-    )
-    parser.add_argument(
-        "--sparsity-ramp", type=int, metavar="N", help=f"steps of the ramp to W ({defaults.sparsity_ramp})"
-    )
-    parser.add_argument("--seed", type=int, help=f"seed of the weights and batches (default {defaults.seed})")
-    parser.add_argument(
-        "--eval-every",
-        type=int,
-        metavar="N",
-        help=f"steps between evaluations, 0: at the end only (default {defaults.eval_every})",
-    )
-    parser.add_argument(
-        "--eval-episodes",
-        type=int,
-        metavar="N",
-        help="validation episodes per set and evaluation, goal by goal (default: all)",
-    )
-    parser.add_argument(
-        "--eval-envs", type=int, help=f"envs stepped together in evaluations ({defaults.eval_envs})"
-    )
-    _add_runtime_arguments(parser, "mvprop")
-    parser.set_defaults(run=run_mvprop, goal_split=None, id_valid_per_goal=None, ood_valid_per_goal=None)
+    add_seed_argument(parser, defaults)
+    add_policy_evaluation_arguments(parser, defaults)
+    add_run_arguments(parser, "runs/mvprop-...-seedSEED", _RESUME_HELP, run_mvprop)
 
 
 def add_compgen_parsers(subparsers: Any) -> None:
@@ -227,81 +214,21 @@ def add_compgen_parsers(subparsers: Any) -> None:
     add_mvprop_parser(subparsers)
 
 
-def _add_runtime_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--out", metavar="DIR", help=f"run directory (default: runs/{command}-...-seedSEED)")
-    parser.add_argument(
-        "--resume", metavar="DIR", help="continue the run in DIR from its checkpoint, with its own settings"
-    )
-
-
-def _given_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options given on the command line (those left at None or False were not)."""
-    return {
-        name: value
-        for name, value in vars(args).items()
-        if name not in _NOT_OPTIONS and value is not None and value is not False
-    }
-
-
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The run settings given on the command line, named as the config fields."""
-    options = _given_options(args)
-    for name in _RUNTIME_OPTIONS:
-        options.pop(name, None)
-    return {_CONFIG_NAMES.get(name, name): value for name, value in options.items()}
-
-
-def _check_resume(args: argparse.Namespace, allowed: tuple[str, ...], error: type[Exception]) -> None:
-    given = [name for name in _given_options(args) if name not in allowed]
-    if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise error(f"--resume continues a run with its own config.yml; drop {flags}")
-
-
-def _check_threads(args: argparse.Namespace, error: type[Exception]) -> None:
-    if args.threads < 1:
-        raise error(f"--threads must be at least 1, got {args.threads}")
-
-
-def _run_interruptible(
-    start: Callable[[], dict[str, Any]], interrupted: Callable[[], str]
-) -> dict[str, Any] | None:
-    try:
-        return start()
-    except KeyboardInterrupt:
-        print(f"\nstructrl: {interrupted()}", file=sys.stderr)
-        return None
-
-
 def _discriminator_run_dir(config: DiscriminatorConfig) -> Path:
     parts = ["discriminator", config.model]
     if config.sparsity_weight > 0:
         parts.append(f"l1-{config.sparsity_weight:g}")
-    parts.append(f"limit{config.limit}" if config.limit else "all")
-    return Path("runs") / f"{'-'.join(parts)}-seed{config.seed}"
+    return default_run_dir(config, *parts)
 
 
 def _discriminator_interrupted(run_dir: Path) -> str:
-    if not (run_dir / DISCRIMINATOR_CONFIG).is_file():
-        return "interrupted before training started; nothing saved"
-    current = (
-        f"; the current weights are in {run_dir / FINAL_FILE}" if (run_dir / FINAL_FILE).is_file() else ""
-    )
-    try:
+    def stopped() -> str | None:
         checkpoint = read_discriminator_checkpoint(run_dir)
-    except DiscriminatorError as error:
-        return f"interrupted{current}; the run cannot be resumed: {error}"
-    if checkpoint is None:
-        return (
-            f"interrupted before the first checkpoint{current}; start it again with: "
-            f"structrl discriminator --resume {run_dir}"
-        )
-    return (
-        f"interrupted after step {checkpoint['step']} (saved to {run_dir / DISCRIMINATOR_CHECKPOINT})"
-        f"{current}; continue with: structrl discriminator --resume {run_dir}"
-    )
+        if checkpoint is None:
+            return None
+        return f"after step {checkpoint['step']} (saved to {run_dir / DISCRIMINATOR_CHECKPOINT})"
+
+    return interruption_message(run_dir, _DISCRIMINATOR, stopped)
 
 
 def run_discriminator(args: argparse.Namespace) -> int:
@@ -311,7 +238,7 @@ def run_discriminator(args: argparse.Namespace) -> int:
     :param args: the parsed arguments
     :return: the exit code
     """
-    _check_threads(args, DiscriminatorError)
+    check_threads(args, _DISCRIMINATOR)
     last_printed = 0
 
     def show(record: dict[str, Any]) -> None:
@@ -327,63 +254,48 @@ def run_discriminator(args: argparse.Namespace) -> int:
         )
 
     if args.resume:
-        _check_resume(args, _DISCRIMINATOR_RESUME_OPTIONS, DiscriminatorError)
-        run_dir = Path(args.resume)
-        load_discriminator_config(run_dir)
-        checkpoint = read_discriminator_checkpoint(run_dir)
-        if checkpoint is None:
-            print(f"no checkpoint in {run_dir}: training it again from step 0", flush=True)
-        else:
-            print(f"resuming {run_dir} after step {checkpoint['step']}", flush=True)
+        run_dir = resumed_run_dir(args, _DISCRIMINATOR)
 
         def start() -> dict[str, Any]:
             return resume_discriminator(run_dir, args.steps, args.threads, args.device, on_evaluation=show)
     else:
-        if args.dataset is None or args.model is None:
-            raise DiscriminatorError("discriminator needs --dataset and --model (or --resume DIR)")
-        config = DiscriminatorConfig(**_settings(args))
+        require_options(args, _DISCRIMINATOR, ("dataset", "model"))
+        config = DiscriminatorConfig(**given_settings(args))
         config.check()
         run_dir = Path(args.out) if args.out else _discriminator_run_dir(config)
 
         def start() -> dict[str, Any]:
             return train_discriminator(config, run_dir, args.threads, args.device, on_evaluation=show)
 
-    summary = _run_interruptible(start, lambda: _discriminator_interrupted(run_dir))
-    if summary is None:
-        return EXIT_INTERRUPTED
-    best = summary["best"]
-    print(
-        f"trained on {summary['train_episodes']} episodes for {summary['steps']} steps in "
-        f"{summary['seconds']:.0f} s; best ID soft F1 {best['id_soft_f1']:.3f} "
-        f"(OOD {best['ood_soft_f1']:.3f}) at step {best['step']}, saved to {run_dir / BEST_FILE}; "
-        f"final weights {run_dir / FINAL_FILE}"
-    )
-    return 0
+    def report(summary: dict[str, Any]) -> None:
+        best = summary["best"]
+        print(
+            f"trained on {summary['train_episodes']} episodes for {summary['steps']} steps in "
+            f"{summary['seconds']:.0f} s; best ID soft F1 {best['id_soft_f1']:.3f} "
+            f"(OOD {best['ood_soft_f1']:.3f}) at step {best['step']}, saved to {run_dir / BEST_FILE}; "
+            f"final weights {run_dir / FINAL_FILE}"
+        )
+
+    return run_interruptible(start, lambda: _discriminator_interrupted(run_dir), report)
 
 
 def _mvprop_run_dir(config: MVPropConfig) -> Path:
-    parts = ["mvprop", f"k{config.k}", "frozen" if config.discriminator else "end-to-end"]
-    parts.append(f"limit{config.limit}" if config.limit else "all")
-    return Path("runs") / f"{'-'.join(parts)}-seed{config.seed}"
+    return default_run_dir(
+        config, "mvprop", f"k{config.k}", "frozen" if config.discriminator else "end-to-end"
+    )
 
 
 def _mvprop_interrupted(run_dir: Path) -> str:
-    if not (run_dir / MVPROP_CONFIG).is_file():
-        return "interrupted before training started; nothing saved"
-    current = f"; the current policy is in {run_dir / MODEL_FILE}" if (run_dir / MODEL_FILE).is_file() else ""
-    try:
+    def stopped() -> str | None:
         checkpoint = read_mvprop_checkpoint(run_dir)
-    except MVPropError as error:
-        return f"interrupted{current}; the run cannot be resumed: {error}"
-    if checkpoint is None:
+        if checkpoint is None:
+            return None
         return (
-            f"interrupted in the first epoch{current}; "
-            f"start it again with: structrl mvprop --resume {run_dir}"
+            f"after epoch {checkpoint['epoch']} ({checkpoint['steps']} steps, saved to "
+            f"{run_dir / MVPROP_CHECKPOINT})"
         )
-    return (
-        f"interrupted after epoch {checkpoint['epoch']} ({checkpoint['steps']} steps, saved to "
-        f"{run_dir / MVPROP_CHECKPOINT}){current}; continue with: structrl mvprop --resume {run_dir}"
-    )
+
+    return interruption_message(run_dir, _MVPROP, stopped)
 
 
 def run_mvprop(args: argparse.Namespace) -> int:
@@ -393,37 +305,22 @@ def run_mvprop(args: argparse.Namespace) -> int:
     :param args: the parsed arguments
     :return: the exit code
     """
-    _check_threads(args, MVPropError)
-
-    def show(record: dict[str, Any]) -> None:
-        best = " (best)" if record["best"] else ""
-        print(
-            f"step {record['step']}: ID success {record['id_success_rate']:.3f}, "
-            f"OOD success {record['ood_success_rate']:.3f}{best}",
-            flush=True,
-        )
-
+    check_threads(args, _MVPROP)
     if args.resume:
-        _check_resume(args, _MVPROP_RESUME_OPTIONS, MVPropError)
-        run_dir = Path(args.resume)
-        load_mvprop_config(run_dir)
-        checkpoint = read_mvprop_checkpoint(run_dir)
-        if checkpoint is None:
-            print(f"no checkpoint in {run_dir}: training it again from epoch 0", flush=True)
-        else:
-            print(
-                f"resuming {run_dir} after epoch {checkpoint['epoch']} (step {checkpoint['steps']})",
-                flush=True,
-            )
+        run_dir = resumed_run_dir(args, _MVPROP)
 
         def start() -> dict[str, Any]:
             return resume_mvprop(
-                run_dir, args.epochs, args.threads, args.eval_envs, args.device, on_evaluation=show
+                run_dir,
+                args.epochs,
+                args.threads,
+                args.eval_envs,
+                args.device,
+                on_evaluation=print_success_rates,
             )
     else:
-        if args.dataset is None:
-            raise MVPropError("mvprop needs --dataset (or --resume DIR)")
-        settings = _settings(args)
+        require_options(args, _MVPROP, ("dataset",))
+        settings = given_settings(args)
         if "head_channels" in settings:
             settings["head_channels"] = list(settings["head_channels"])
         config = MVPropConfig(**settings)
@@ -431,18 +328,17 @@ def run_mvprop(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out else _mvprop_run_dir(config)
 
         def start() -> dict[str, Any]:
-            return train_mvprop(config, run_dir, args.threads, args.device, on_evaluation=show)
+            return train_mvprop(config, run_dir, args.threads, args.device, on_evaluation=print_success_rates)
 
-    summary = _run_interruptible(start, lambda: _mvprop_interrupted(run_dir))
-    if summary is None:
-        return EXIT_INTERRUPTED
-    best = summary["best"]
-    interaction = "frozen discriminator" if summary["frozen_interaction"] else "end to end"
-    print(
-        f"trained on {summary['train_episodes']} episodes ({summary['train_transitions']} transitions, "
-        f"{summary['steps']} steps, {summary['epochs']} epochs, interaction model {interaction}) in "
-        f"{summary['seconds']:.0f} s; best ID success {best['id_success_rate']:.3f} "
-        f"(OOD {best['ood_success_rate']:.3f}) at step {best['step']}, saved to {run_dir / BEST_MODEL_FILE}; "
-        f"final model {run_dir / MODEL_FILE}"
-    )
-    return 0
+    def report(summary: dict[str, Any]) -> None:
+        best = summary["best"]
+        interaction = "frozen discriminator" if summary["frozen_interaction"] else "end to end"
+        print(
+            f"trained on {summary['train_episodes']} episodes ({summary['train_transitions']} transitions, "
+            f"{summary['steps']} steps, {summary['epochs']} epochs, interaction model {interaction}) in "
+            f"{summary['seconds']:.0f} s; best ID success {best['id_success_rate']:.3f} "
+            f"(OOD {best['ood_success_rate']:.3f}) at step {best['step']}, saved to "
+            f"{run_dir / BEST_MODEL_FILE}; final model {run_dir / MODEL_FILE}"
+        )
+
+    return run_interruptible(start, lambda: _mvprop_interrupted(run_dir), report)
