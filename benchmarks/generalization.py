@@ -52,9 +52,11 @@ TASKS: dict[str, tuple[str, list[str]]] = {
             "MiniGrid-DoorKey-16x16-v0",
         ],
     ),
+    # minigrid 3 keeps MultiRoom-N4-S5-v0 at 6 rooms for backwards compatibility; v1 has the 4 rooms of
+    # gym-minigrid's N4-S5, which the seed evaluated on.
     "multiroom": (
         "MiniGrid-MultiRoom-N2-S4-v0",
-        ["MiniGrid-MultiRoom-N2-S4-v0", "MiniGrid-MultiRoom-N4-S5-v0", "MiniGrid-MultiRoom-N6-v0"],
+        ["MiniGrid-MultiRoom-N2-S4-v0", "MiniGrid-MultiRoom-N4-S5-v1", "MiniGrid-MultiRoom-N6-v0"],
     ),
 }
 
@@ -68,11 +70,16 @@ ZOO_FILES = {"ppo": ROOT / "zoo" / "ppo_lstm.yml", "a2c": ROOT / "zoo" / "a2c_ls
 
 
 def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: Path) -> list[dict[str, Any]]:
-    """Train (or resume) one variant and seed, evaluate it; reuse the results if they exist."""
+    """
+    Train (or resume) one variant and seed, evaluate it; reuse the results if they exist for the task's
+    current evaluation environments (a finished run evaluated on others is evaluated again).
+    """
     results_file = run_dir / "results.json"
-    if results_file.is_file():
-        return json.loads(results_file.read_text())["results"]
     train_env, eval_envs = TASKS[args.task]
+    if results_file.is_file():
+        results: list[dict[str, Any]] = json.loads(results_file.read_text())["results"]
+        if [result["env_id"] for result in results] == eval_envs:
+            return results
     status = read_progress(run_dir).get("status")
     if status == "running" and not list((run_dir / CHECKPOINT_DIR).glob("*.zip")):
         status = None  # killed before its first checkpoint: start again
@@ -187,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             results_file = run_dir / "results.json"
             if results_file.is_file():
-                table[label].append(json.loads(results_file.read_text())["results"])
+                results = json.loads(results_file.read_text())["results"]
+                if [result["env_id"] for result in results] == eval_envs:
+                    table[label].append(results)
     table = {label: runs for label, runs in table.items() if runs}
     if not table:
         print("no finished runs to summarise")
