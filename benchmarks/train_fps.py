@@ -1,12 +1,15 @@
-"""RecurrentPPO training speed with the RIM policy against the LSTM baseline on MiniGrid-Empty-5x5-v0.
+"""RecurrentPPO training speed with the RIM policy against the LSTM baseline (default: MiniGrid-Empty-5x5).
 
-Each configuration trains for ``--timesteps`` steps on 8 DummyVecEnv envs with one torch thread; the script
-reports total steps per second (rollouts and updates, like SB3's ``fps``), rollout-only steps per second and
-seconds per update, best of ``--repeats`` runs (interleaved, so outside load hits every configuration alike).
+Each configuration trains for ``--timesteps`` steps on ``--n-envs`` (8) DummyVecEnv envs with one torch
+thread; the script reports total steps per second (rollouts and updates, like SB3's ``fps``), rollout-only
+steps per second and seconds per update, best of ``--repeats`` runs (interleaved, so outside load hits every
+configuration alike).
 The ``bptt 32`` rows cut training sequences every 32 steps (``structrl.agents.RecurrentPPO(bptt_length=32)``,
 the seed's torch_ac ``recurrence``); the others train on sb3-contrib's whole sequences.
 
     python benchmarks/train_fps.py --timesteps 8192 --repeats 2 --json benchmarks/results/train_fps.json
+    python benchmarks/train_fps.py --env MiniGrid-DoorKey-5x5-v0 --n-envs 16 --timesteps 16384 --repeats 1 \
+        --json benchmarks/results/train_fps_doorkey.json
 """
 
 from __future__ import annotations
@@ -61,13 +64,12 @@ def run(
     policy: type,
     policy_kwargs: dict[str, Any],
     bptt_length: int | None,
+    env_id: str,
     timesteps: int,
     n_envs: int,
     seed: int,
 ) -> dict[str, float]:
-    env = make_vec_env(
-        make_minigrid_env, n_envs=n_envs, seed=seed, env_kwargs={"env_id": "MiniGrid-Empty-5x5-v0"}
-    )
+    env = make_vec_env(make_minigrid_env, n_envs=n_envs, seed=seed, env_kwargs={"env_id": env_id})
     model = RecurrentPPO(
         policy,
         env,
@@ -96,6 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--env", default="MiniGrid-Empty-5x5-v0", help="MiniGrid environment id")
     parser.add_argument("--timesteps", type=int, default=8192)
     parser.add_argument("--n-envs", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
@@ -107,14 +110,11 @@ def main() -> None:
     best: dict[str, dict[str, float]] = {}
     for repeat in range(args.repeats):
         for name, (policy, kwargs, bptt_length) in CONFIGS.items():
-            result = run(policy, kwargs, bptt_length, args.timesteps, args.n_envs, seed=repeat)
+            result = run(policy, kwargs, bptt_length, args.env, args.timesteps, args.n_envs, seed=repeat)
             if name not in best or result["fps"] > best[name]["fps"]:
                 best[name] = result
 
-    print(
-        f"RecurrentPPO on MiniGrid-Empty-5x5-v0, {args.n_envs} envs, {args.timesteps} steps, "
-        f"best of {args.repeats}"
-    )
+    print(f"RecurrentPPO on {args.env}, {args.n_envs} envs, {args.timesteps} steps, best of {args.repeats}")
     print("| policy | total FPS | rollout FPS | train s/update | params |")
     print("|---|---|---|---|---|")
     for name, result in best.items():
