@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         default=",".join(RUN_NAMES.values()),
         help="comma-separated variants to run, so that several processes can share the work "
-        f"(default: all of {','.join(RUN_NAMES.values())}); the table covers the finished runs of all",
+        f"(default: all of {','.join(RUN_NAMES.values())}; '' only tabulates); the table covers the finished "
+        "runs of all",
     )
     parser.add_argument("--timesteps", type=int, help="training budget (default: the zoo file's)")
     parser.add_argument(
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         / args.task
         / (f"{args.algo}-{budget}" + (f"-bptt{args.bptt_length}" if args.bptt_length else ""))
     )
-    selected = args.variants.split(",")
+    selected = [variant for variant in args.variants.split(",") if variant]
     unknown = sorted(set(selected) - set(RUN_NAMES.values()))
     if unknown:
         parser.error(f"unknown variants {unknown}; choose among {sorted(RUN_NAMES.values())}")
