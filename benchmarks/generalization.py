@@ -177,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         / args.task
         / (f"{args.algo}-{budget}" + (f"-bptt{args.bptt_length}" if args.bptt_length else ""))
     )
+    if args.bptt_length < 0:
+        parser.error(
+            f"--bptt-length must be 0 (whole sequences) or a positive number of steps, got {args.bptt_length}"
+        )
     selected = [variant for variant in args.variants.split(",") if variant]
     unknown = sorted(set(selected) - set(RUN_NAMES.values()))
     if unknown:
