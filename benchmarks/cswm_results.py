@@ -1,15 +1,19 @@
 """
-Negative sampling on ShapesImmovable and CubesImmovable (Biza et al., 2021, section 4.1): C-SWMs trained with
-the original in-batch negatives (baseline) against episodic + out-of-episode negatives (beta 0.5), ranked on
-an evaluation store with state ids and deduplication, 1 step ahead (Hits@1, MRR; mean and standard deviation
-over the seeds).
+Negative sampling on ShapesImmovable, CubesImmovable and random-policy Pong (Biza et al., 2021, sections 4.1
+and 4.2): C-SWMs trained with the original in-batch negatives (baseline) against structured negatives
+(episodic + out-of-episode with beta 0.5 on the block worlds, time-aligned on Pong), ranked on an evaluation
+store with state ids (object positions; Pong's console RAM) and deduplication, 1 step ahead (Hits@1, MRR;
+mean and standard deviation over the seeds).
 
-The stores follow the original README: 1000 training episodes (seeds 1 and 3) and 10000 evaluation episodes
-with state ids (seeds 2 and 4); Shapes uses the small encoder, Cubes the large one, other settings are the
-defaults (100 epochs). Stores and runs are kept under ``--data`` and ``--runs``, and runs resume, so an
-interrupted benchmark continues where it stopped. A reduced budget:
+The stores follow the original README: for the block worlds 1000 training episodes of 100 steps and 10000
+evaluation episodes of 10; Shapes uses the small encoder, Cubes the large one, 100 epochs. Pong: 1000
+training and 100 evaluation episodes of 10 random steps after C-SWM's 58-step warm-up, the medium encoder
+with 3 objects, 4-dimensional embeddings and the action copied to every object, 200 epochs. Stores and runs
+are kept under ``--data`` and ``--runs``, and runs resume, so an interrupted benchmark continues where it
+stopped. A reduced budget:
 
-    python benchmarks/cswm_results.py --epochs 1 --seeds 1 --json benchmarks/results/cswm_results.json
+    python benchmarks/cswm_results.py --worlds shapes --epochs 5 --seeds 1 2 3 \
+        --json benchmarks/results/cswm_results_shapes.json
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import json
 import os
 import statistics
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,32 +36,58 @@ from structrl.envs.registration import register_envs
 from structrl.world_models.cswm import ContrastiveSWM, CSWMConfig
 from structrl.world_models.evaluation import EVALUATION_MODES, evaluate
 
+#: Label, negative sampling and beta of a compared strategy.
+Strategy = tuple[str, str, float]
+BASELINE: Strategy = ("baseline (in-batch)", "batch", 0.5)
+
 
 @dataclass(frozen=True)
 class World:
     """
-    One block-pushing world of the benchmark.
+    One world of the benchmark.
 
     :param train_env: Gymnasium id of the training episodes.
     :param train_seed: Seed of the training store.
     :param eval_env: Gymnasium id of the evaluation episodes.
     :param eval_seed: Seed of the evaluation store.
-    :param encoder: Object extractor.
+    :param model: C-SWM settings besides the defaults (the encoder, for one).
+    :param strategies: The compared negative samplings, the baseline first.
+    :param train_episodes: Training episodes.
+    :param eval_episodes: Evaluation episodes.
+    :param epochs: Training epochs of the original.
     """
 
     train_env: str
     train_seed: int
     eval_env: str
     eval_seed: int
-    encoder: str
+    model: dict[str, Any] = field(default_factory=dict)
+    strategies: tuple[Strategy, ...] = (BASELINE, ("episodic + out-of-episode, beta 0.5", "mixed", 0.5))
+    train_episodes: int = 1000
+    eval_episodes: int = 10_000
+    epochs: int = 100
 
 
 WORLDS = {
-    "shapes": World("ShapesImmovableTrain-v0", 1, "ShapesImmovableEval-v0", 2, "small"),
-    "cubes": World("CubesImmovableTrain-v0", 3, "CubesImmovableEval-v0", 4, "large"),
+    "shapes": World("ShapesImmovableTrain-v0", 1, "ShapesImmovableEval-v0", 2, {"encoder": "small"}),
+    "cubes": World("CubesImmovableTrain-v0", 3, "CubesImmovableEval-v0", 4, {"encoder": "large"}),
+    "pong": World(
+        "PongCswm-v0",
+        5,
+        "PongCswm-v0",
+        6,
+        {
+            "encoder": "medium",
+            "num_objects": 3,
+            "embedding_dim": 4,
+            "action_dim": 6,
+            "action_encoding": "copy",
+        },
+        strategies=(BASELINE, ("time-aligned", "time-aligned", 0.5)),
+        eval_episodes=100,
+        epochs=200,
+    ),
 }
-#: Label, negative sampling and beta of the compared strategies.
-STRATEGIES = (("baseline (in-batch)", "batch", 0.5), ("episodic + out-of-episode, beta 0.5", "mixed", 0.5))
 #: Worker processes that collect a missing dataset.
 COLLECT_PROCS = min(2, os.cpu_count() or 1)
 
@@ -68,30 +99,36 @@ def run_world(name: str, world: World, args: argparse.Namespace) -> list[dict[st
     :return: one record per strategy and seed
     """
     data, runs = Path(args.data), Path(args.runs)
+    train_episodes = args.train_episodes or world.train_episodes
+    eval_episodes = args.eval_episodes or world.eval_episodes
+    epochs = args.epochs or world.epochs
     train_store = collect_if_missing(
-        CollectionConfig(world.train_env, args.train_episodes, seed=world.train_seed),
-        data / f"{name}_train_{args.train_episodes}_s{world.train_seed}.h5",
+        CollectionConfig(world.train_env, train_episodes, seed=world.train_seed),
+        data / f"{name}_train_{train_episodes}_s{world.train_seed}.h5",
         procs=COLLECT_PROCS,
     )
     eval_store = collect_if_missing(
-        CollectionConfig(world.eval_env, args.eval_episodes, seed=world.eval_seed, save_state_ids=True),
-        data / f"{name}_eval_{args.eval_episodes}_s{world.eval_seed}.h5",
+        CollectionConfig(world.eval_env, eval_episodes, seed=world.eval_seed, save_state_ids=True),
+        data / f"{name}_eval_{eval_episodes}_s{world.eval_seed}.h5",
         procs=COLLECT_PROCS,
     )
-    encoder = args.cubes_encoder if name == "cubes" else world.encoder
+    model_settings = dict(world.model, negative_anchor=args.negative_anchor)
+    if name == "cubes" and args.cubes_encoder:
+        model_settings["encoder"] = args.cubes_encoder
+    encoder = model_settings["encoder"]
     records = []
-    for label, negatives, beta in STRATEGIES:
+    for label, negatives, beta in world.strategies:
         for seed in args.seeds:
             config = CSWMTrainConfig(
                 dataset=str(train_store),
-                model=CSWMConfig(encoder=encoder, negative_anchor=args.negative_anchor),
+                model=CSWMConfig(**model_settings),
                 negatives=negatives,
                 beta=beta,
-                epochs=args.epochs,
+                epochs=epochs,
                 seed=seed,
             )
             run_dir = runs / (
-                f"{name}-{args.train_episodes}-{encoder}-{negatives}-{args.negative_anchor}-e{args.epochs}-s{seed}"
+                f"{name}-{train_episodes}-{encoder}-{negatives}-{args.negative_anchor}-e{epochs}-s{seed}"
             )
 
             def report(record: EpochRecord, run: str = run_dir.name) -> None:
@@ -100,6 +137,7 @@ def run_world(name: str, world: World, args: argparse.Namespace) -> list[dict[st
                     file=sys.stderr,
                 )
 
+            started = time.perf_counter()
             training = train_cswm(config, run_dir, resume=True, on_epoch=report)
             model = ContrastiveSWM.load(run_dir / MODEL_FILE)
             results = evaluate(model, eval_store, steps=(1,), modes=args.modes, dedup=True)
@@ -110,9 +148,12 @@ def run_world(name: str, world: World, args: argparse.Namespace) -> list[dict[st
                     "negatives": negatives,
                     "seed": seed,
                     "encoder": encoder,
-                    "epochs": args.epochs,
+                    "train_episodes": train_episodes,
+                    "eval_episodes": eval_episodes,
+                    "epochs": epochs,
                     "best_epoch": training.best_epoch,
                     "best_validation_loss": training.best_validation_loss,
+                    "seconds_this_call": time.perf_counter() - started,
                     "results": {
                         result.mode: {"hits_at_1": result.hits[1], "mrr": result.mrr} for result in results
                     },
@@ -134,19 +175,13 @@ def mean_std(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worlds", nargs="+", choices=sorted(WORLDS), default=["shapes", "cubes"])
-    parser.add_argument(
-        "--epochs", type=int, default=100, help="training epochs (default 100, the original's)"
-    )
+    parser.add_argument("--epochs", type=int, help="training epochs (default: the original's, 100; Pong 200)")
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[1, 2, 3], help="training seeds (default 1 2 3)"
     )
-    parser.add_argument("--train-episodes", type=int, default=1000, help="training episodes (default 1000)")
-    parser.add_argument(
-        "--eval-episodes", type=int, default=10_000, help="evaluation episodes (default 10000)"
-    )
-    parser.add_argument(
-        "--cubes-encoder", default="large", help="encoder of the Cubes models (default large)"
-    )
+    parser.add_argument("--train-episodes", type=int, help="training episodes (default 1000)")
+    parser.add_argument("--eval-episodes", type=int, help="evaluation episodes (default 10000; Pong 100)")
+    parser.add_argument("--cubes-encoder", help="encoder of the Cubes models (default large)")
     parser.add_argument(
         "--negative-anchor",
         default="next",
@@ -168,20 +203,22 @@ def main() -> None:
 
     seeds = " ".join(map(str, args.seeds))
     print(
-        f"1-step ranking with dedup: {args.train_episodes} training episodes, {args.eval_episodes} "
-        f"evaluation episodes, {args.epochs} epochs, seeds {seeds}, negatives compared with the "
-        f"{args.negative_anchor} state\n"
+        f"1-step ranking with dedup, seeds {seeds}, "
+        f"negatives compared with the {args.negative_anchor} state\n"
     )
-    print("| world | encoder | negatives | mode | Hits@1 | MRR |")
-    print("|---|---|---|---|---|---|")
+    print("| world | train episodes | epochs | encoder | negatives | mode | Hits@1 | MRR |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.worlds:
-        for label, _, _ in STRATEGIES:
+        for label, _, _ in WORLDS[name].strategies:
             group = [record for record in records if record["world"] == name and record["strategy"] == label]
+            first = group[0]
             for mode in args.modes:
                 hits = [record["results"][mode]["hits_at_1"] for record in group]
                 mrr = [record["results"][mode]["mrr"] for record in group]
-                encoder = group[0]["encoder"]
-                print(f"| {name} | {encoder} | {label} | {mode} | {mean_std(hits)} | {mean_std(mrr)} |")
+                print(
+                    f"| {name} | {first['train_episodes']} | {first['epochs']} | {first['encoder']} "
+                    f"| {label} | {mode} | {mean_std(hits)} | {mean_std(mrr)} |"
+                )
     if args.json:
         report = {
             "settings": {key: value for key, value in vars(args).items() if key != "json"},
