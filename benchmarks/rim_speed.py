@@ -5,7 +5,10 @@ Times, per configuration and batch size: one RIMCell step forward + backward aga
 and a 32-step sequence forward + backward through ``RIM`` against a Python loop of ``nn.LSTMCell`` (and fused
 ``nn.LSTM`` for reference). Items are timed round-robin after a warm-up; medians are reported.
 
-Usage: ``python benchmarks/rim_speed.py [--json benchmarks/results/rim_speed.json] [--repeats 300]``
+With ``--compile`` the RIM steps run through :func:`structrl.policies.compile_rim` (``torch.compile``; the
+compilations happen during the untimed warm-up) and the results go to ``rim_speed_compiled.json``.
+
+Usage: ``python benchmarks/rim_speed.py [--compile] [--json FILE] [--repeats 300]``
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from structrl.policies.rim import RIM, RIMCell
+from structrl.policies.rim import RIM, RIMCell, compile_rim
 
 CONFIGS: dict[str, dict] = {
     "minigrid": {"num_units": 4, "hidden_size": 16, "k": 3, "cell_kwargs": {"input_value_size": 64}},
@@ -53,7 +56,7 @@ def time_round_robin(
     return {name: 1e3 * statistics.median(values) for name, values in times.items()}
 
 
-def bench_config(name: str, batch: int, repeats: int, seq_repeats: int) -> dict:
+def bench_config(name: str, batch: int, repeats: int, seq_repeats: int, compiled: bool) -> dict:
     config = CONFIGS[name]
     units, size, k = config["num_units"], config["hidden_size"], config["k"]
     total = units * size
@@ -62,6 +65,9 @@ def bench_config(name: str, batch: int, repeats: int, seq_repeats: int) -> dict:
     rim = RIM(INPUT_SIZE, size, units, k, "LSTM", **config["cell_kwargs"]).train()
     lstm_cell = nn.LSTMCell(INPUT_SIZE, total).train()
     lstm = nn.LSTM(INPUT_SIZE, total).train()
+    if compiled:
+        compile_rim(cell)
+        compile_rim(rim)
 
     x = torch.randn(batch, INPUT_SIZE)
     hs, cs = torch.randn(batch, units, size), torch.randn(batch, units, size)
@@ -137,7 +143,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/rim_speed.json"))
+    parser.add_argument("--compile", action="store_true", help="compile the RIM steps (compile_rim)")
+    parser.add_argument(
+        "--json", type=Path, help="output (default benchmarks/results/rim_speed[_compiled].json)"
+    )
     parser.add_argument("--repeats", type=int, default=300, help="timed repeats of each single step")
     parser.add_argument("--seq-repeats", type=int, default=20, help="timed repeats of each 32-step sequence")
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
@@ -146,12 +155,14 @@ def main() -> None:
 
     torch.set_num_threads(1)
     rows = [
-        bench_config(name, batch, args.repeats, args.seq_repeats)
+        bench_config(name, batch, args.repeats, args.seq_repeats, args.compile)
         for name in args.configs
         for batch in args.batches
     ]
     print(markdown(rows))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "_compiled" if args.compile else ""
+    output = args.json or Path(f"benchmarks/results/rim_speed{suffix}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -160,9 +171,10 @@ def main() -> None:
         "repeats": args.repeats,
         "seq_repeats": args.seq_repeats,
         "mode": "train (dropout 0.1 active), LSTM units",
+        "compiled": args.compile,
     }
-    args.json.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
+    output.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+    print(f"\nwrote {output}")
 
 
 if __name__ == "__main__":

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import shutil
 from typing import Any
 
 import pytest
 import torch
 from torch import Tensor, nn
 
-from structrl.policies.rim import RIM, RIMCell
+from structrl.policies.rim import RIM, RIMCell, compile_rim
 
 torch.set_num_threads(1)
 
@@ -467,3 +469,28 @@ def test_gradcheck(rnn_cell: str) -> None:
 
     inputs = (x, hs, *(() if cs is None else (cs,)), *params)
     assert torch.autograd.gradcheck(step, inputs, eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(compiler) for compiler in ("g++", "c++", "clang++")),
+    reason="torch.compile's CPU backend needs a C++ compiler",
+)
+def test_compiled_rim_matches_eager() -> None:
+    torch.manual_seed(0)
+    eager = RIM(5, 4, 3, 2, "LSTM", input_dropout=0.0, comm_dropout=0.0, **SMALL)
+    compiled = compile_rim(copy.deepcopy(eager))
+    assert all("_step" in vars(cell) for cell in compiled.modules() if isinstance(cell, RIMCell))
+    assert not any("_step" in vars(cell) for cell in eager.modules() if isinstance(cell, RIMCell))
+    x = torch.randn(3, 2, 5, requires_grad=True)
+    results = []
+    for model in (eager, compiled):
+        output, (h_n, c_n) = model(x)
+        (output.square().sum() + c_n.sum()).backward()
+        grads = [parameter.grad.clone() for parameter in model.parameters() if parameter.grad is not None]
+        assert x.grad is not None
+        results.append((output.detach(), h_n.detach(), c_n.detach(), x.grad.clone(), grads))
+        x.grad = None
+    for eager_value, compiled_value in zip(results[0][:4], results[1][:4], strict=True):
+        torch.testing.assert_close(compiled_value, eager_value, rtol=1e-5, atol=1e-6)
+    for eager_grad, compiled_grad in zip(results[0][4], results[1][4], strict=True):
+        torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-5)

@@ -17,7 +17,7 @@ from structrl.policies.language_baselines import (
 from structrl.policies.minigrid_extractor import MiniGridCNN
 from structrl.policies.minigrid_policies import MiniGridCnnPolicy, MiniGridLstmPolicy
 from structrl.policies.mvprop import MVProp2D, MVPropExtractor, MVPropPlanner, MVPropPolicy, QHead
-from structrl.policies.rim import RIM, RIMCell
+from structrl.policies.rim import RIM, RIMCell, compile_rim
 from structrl.policies.rim_policy import RIMCore, RIMPolicy
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "SimpleAttentionExtractor",
     "SparsitySchedule",
     "TransformerEncoderDecoderExtractor",
+    "compile_rim",
     "language_policy_kwargs",
     "sparsity_penalty",
 ]

@@ -13,7 +13,7 @@ no Python loop over units.
 from __future__ import annotations
 
 import math
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -477,3 +477,24 @@ class RIM(nn.Module):
             if state is not None and state.shape != shape:
                 raise ValueError(f"expected {name} of shape {shape}, got {tuple(state.shape)}")
         return h_0, c_0
+
+
+def compile_rim(module: nn.Module, **compile_kwargs: Any) -> nn.Module:
+    """
+    Compile the step of every :class:`RIMCell` in ``module`` (a cell, a :class:`RIM`, a policy) with
+    ``torch.compile``, in place. Inductor fuses the step's many small element-wise kernels, which is where a
+    small RIM spends its time on a CPU; the results equal the eager ones up to float rounding. Compiling
+    takes tens of seconds at the first call, and again when the grad mode or the state's ``requires_grad``
+    changes (a PPO run compiles about four graphs, then reuses them). Weights and ``state_dict`` are
+    untouched, so a saved model loads uncompiled: call this again after loading.
+
+    :param module: The module holding the cells.
+    :param compile_kwargs: ``torch.compile`` arguments; default ``options={"cpp_wrapper": True}``, which
+        also removes Python overhead per kernel.
+    :return: ``module``
+    """
+    settings = compile_kwargs or {"options": {"cpp_wrapper": True}}
+    for cell in module.modules():
+        if isinstance(cell, RIMCell):
+            cell._step = torch.compile(cell._step, **settings)  # type: ignore[method-assign]
+    return module
