@@ -65,7 +65,8 @@ def bench_config(name: str, batch: int, repeats: int, seq_repeats: int, compiled
     rim = RIM(INPUT_SIZE, size, units, k, "LSTM", **config["cell_kwargs"]).train()
     lstm_cell = nn.LSTMCell(INPUT_SIZE, total).train()
     lstm = nn.LSTM(INPUT_SIZE, total).train()
-    if compiled:
+    if compiled:  # a fresh compiler per configuration, as in a training process of one model
+        torch._dynamo.reset()
         compile_rim(cell)
         compile_rim(rim)
 
