@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -164,13 +165,22 @@ def test_ctrl_c_saves_and_exits_130(tmp_path: Path) -> None:
         sys.executable, "-m", "structrl.cli.main", "train", "--algo", "a2c", "--policy", "lstm", "--env", ENV,
         "--timesteps", "10000000", "--out", str(run), "--no-progress", "--n-envs", "2",
     ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    # faulthandler: if the run does not stop, SIGABRT makes it print every thread's stack for the report
+    environment = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=environment
+    )
     deadline = time.monotonic() + 120
     while not (run / "progress.yml").is_file() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
     time.sleep(1.0)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        _, stderr = process.communicate(timeout=60)
+        pytest.fail(f"the run did not stop within 120 s of SIGINT; its stacks:\n{stderr[-6000:]}")
     assert process.returncode == 130, stderr
     progress = yaml.safe_load((run / "progress.yml").read_text())
     assert progress["status"] == "interrupted" and progress["timesteps_done"] > 0
