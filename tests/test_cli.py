@@ -167,8 +167,16 @@ def test_ctrl_c_saves_and_exits_130(tmp_path: Path) -> None:
     ]  # fmt: skip
     # faulthandler: if the run does not stop, SIGABRT makes it print every thread's stack for the report
     environment = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    # a shell that runs the suite as a background job starts it with SIGINT ignored, and Python keeps it so:
+    # give the run the default disposition, so Python installs its KeyboardInterrupt handler
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=environment
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=environment,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not (run / "progress.yml").is_file() and time.monotonic() < deadline and process.poll() is None:
