@@ -13,7 +13,7 @@ with 3 objects, 4-dimensional embeddings and the action copied to every object, 
 are kept under ``--data`` and ``--runs``, and runs resume, so an interrupted benchmark continues where it
 stopped. A reduced budget:
 
-    python benchmarks/cswm_results.py --worlds shapes --epochs 5 --seeds 1 2 3 \
+    python benchmarks/cswm_results.py --worlds shapes --epochs 4 --seeds 1 2 3 \
         --json benchmarks/results/cswm_results_shapes.json
 """
 
@@ -102,9 +102,9 @@ def run_world(name: str, world: World, args: argparse.Namespace) -> list[dict[st
     :return: one record per strategy and seed
     """
     data, runs = Path(args.data), Path(args.runs)
-    train_episodes = args.train_episodes or world.train_episodes
-    eval_episodes = args.eval_episodes or world.eval_episodes
-    epochs = args.epochs or world.epochs
+    train_episodes = world.train_episodes if args.train_episodes is None else args.train_episodes
+    eval_episodes = world.eval_episodes if args.eval_episodes is None else args.eval_episodes
+    epochs = world.epochs if args.epochs is None else args.epochs
     train_store = collect_if_missing(
         CollectionConfig(world.train_env, train_episodes, seed=world.train_seed),
         data / f"{name}_train_{train_episodes}_s{world.train_seed}.h5",
@@ -171,6 +171,21 @@ def run_world(name: str, world: World, args: argparse.Namespace) -> list[dict[st
     return records
 
 
+def positive_int(text: str) -> int:
+    """
+    :param text: a command-line value
+    :return: it as a positive integer
+    :raises argparse.ArgumentTypeError: naming the value otherwise
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def mean_std(values: list[float]) -> str:
     """
     :param values: one value per seed
@@ -184,12 +199,16 @@ def mean_std(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worlds", nargs="+", choices=sorted(WORLDS), default=["shapes", "cubes"])
-    parser.add_argument("--epochs", type=int, help="training epochs (default: the original's, 100; Pong 200)")
+    parser.add_argument(
+        "--epochs", type=positive_int, help="training epochs (default: the original's, 100; Pong 200)"
+    )
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[1, 2, 3], help="training seeds (default 1 2 3)"
     )
-    parser.add_argument("--train-episodes", type=int, help="training episodes (default 1000)")
-    parser.add_argument("--eval-episodes", type=int, help="evaluation episodes (default 10000; Pong 100)")
+    parser.add_argument("--train-episodes", type=positive_int, help="training episodes (default 1000)")
+    parser.add_argument(
+        "--eval-episodes", type=positive_int, help="evaluation episodes (default 10000; Pong 100)"
+    )
     parser.add_argument("--cubes-encoder", help="encoder of the Cubes models (default large)")
     parser.add_argument(
         "--negative-anchor",

@@ -494,3 +494,8 @@ def test_compiled_rim_matches_eager() -> None:
         torch.testing.assert_close(compiled_value, eager_value, rtol=1e-5, atol=1e-6)
     for eager_grad, compiled_grad in zip(results[0][4], results[1][4], strict=True):
         torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_rim_refuses_a_module_without_rim_cells() -> None:
+    with pytest.raises(ValueError, match="found no RIMCell in the LSTM"):
+        compile_rim(nn.LSTM(4, 4))

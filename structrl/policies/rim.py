@@ -492,9 +492,15 @@ def compile_rim(module: nn.Module, **compile_kwargs: Any) -> nn.Module:
     :param compile_kwargs: ``torch.compile`` arguments; default ``options={"cpp_wrapper": True}``, which
         also removes Python overhead per kernel.
     :return: ``module``
+    :raises ValueError: if ``module`` holds no :class:`RIMCell`
     """
+    cells = [cell for cell in module.modules() if isinstance(cell, RIMCell)]
+    if not cells:
+        raise ValueError(
+            f"compile_rim found no RIMCell in the {type(module).__name__} it was given: pass a RIM, a "
+            "RIMCell or a policy built with one (e.g. model.policy of a RecurrentPPO with RIMPolicy)"
+        )
     settings = compile_kwargs or {"options": {"cpp_wrapper": True}}
-    for cell in module.modules():
-        if isinstance(cell, RIMCell):
-            cell._step = torch.compile(cell._step, **settings)  # type: ignore[method-assign]
+    for cell in cells:
+        cell._step = torch.compile(cell._step, **settings)  # type: ignore[method-assign]
     return module
