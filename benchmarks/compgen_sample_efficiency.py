@@ -19,13 +19,17 @@ Writes to ``--out``:
   models (mean over seeds, at the largest limit), without and with the penalty (the paper's internal
   correlations).
 
-The paper's budget is 10 seeds, limits 50 ... 9980, 70 000 steps of batch 32 per run on a GPU; on a CPU use a
-reduced one, e.g.::
+The paper's budget is 10 seeds, limits 50 ... 9980, 70 000 steps of batch 32 per run on a GPU (``--steps``
+fixes the steps whatever the limit, as the paper did). On a 2-core CPU the README's reduced run took about
+2 h, its agents split over two processes that share the run directories::
 
     structrl demos --per-goal 70 --out demos70.h5
-    python benchmarks/compgen_sample_efficiency.py --dataset demos70.h5 --limits 10 50 --seeds 0 1 \
-        --epochs 2 --eval-every 100 --eval-episodes 24 --sparsity-start 0 --sparsity-ramp 50 \
-        --runs-dir /tmp/compgen-runs --out benchmarks/results/compgen-reduced
+    python benchmarks/compgen_sample_efficiency.py --dataset demos70.h5 --agents factored transformer \
+        --limits 10 50 --seeds 0 1 --steps 3500 --eval-every 250 --eval-episodes 48 --top-k 3 \
+        --sparsity-start 1000 --sparsity-ramp 2000 --runs-dir runs/compgen --out runs/compgen/a &
+    python benchmarks/compgen_sample_efficiency.py ... --agents factored-l1 film ... --out runs/compgen/b
+    python benchmarks/compgen_sample_efficiency.py ... --agents factored factored-l1 film transformer \
+        --plot-only --out benchmarks/results/compgen
 
 The dataset needs ``max(limits) + 20`` demonstrations of every ID goal and 40 of every held-out goal.
 """
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import warnings
@@ -53,6 +58,7 @@ from rliable import metrics, plot_utils
 
 from structrl.agents.behavior_cloning import BEST_MODEL_FILE, SUMMARY_FILE, BCConfig, train_bc
 from structrl.agents.evaluation import load_model, write_json
+from structrl.data.episode_store import EpisodeReader
 from structrl.data.splits import split_demo_store
 from structrl.envs.babyai import GOTO_LOCAL_VOCABULARY
 from structrl.policies.factored_attention import FactoredAttentionExtractor
@@ -97,7 +103,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--agents", nargs="+", choices=list(AGENTS), default=list(AGENTS))
     parser.add_argument("--limits", nargs="+", type=int, default=[10, 50, 100, 250, 1000])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=10, help="passes over the demonstrations per run")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, default=10, help="passes over the demonstrations per run")
+    budget.add_argument(
+        "--steps",
+        type=int,
+        help="optimizer steps per run whatever the limit, as in the paper (rounded up to whole epochs)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--sparsity-weight", type=float, default=1.0, help="final L1 weight of factored-l1")
@@ -118,6 +130,14 @@ def run_dir(runs: Path, agent: str, limit: int, seed: int) -> Path:
     return runs / agent / f"limit{limit}" / f"seed{seed}"
 
 
+def epochs_for_steps(args: argparse.Namespace, limit: int) -> int:
+    """Passes over ``limit`` demonstrations per ID goal that make at least ``args.steps`` optimizer steps."""
+    train = split_demo_store(args.dataset, limit=limit).train
+    with EpisodeReader(args.dataset) as store:
+        transitions = int(store.episode_lengths[train].sum())
+    return max(1, math.ceil(args.steps * args.batch_size / transitions))
+
+
 def train_missing_runs(args: argparse.Namespace, runs: Path) -> None:
     """Train every (agent, limit, seed) run that has no summary yet."""
     available = split_demo_store(args.dataset).limit
@@ -134,6 +154,7 @@ def train_missing_runs(args: argparse.Namespace, runs: Path) -> None:
     print(f"{len(todo)} runs to train", flush=True)
     for number, (agent, limit, seed) in enumerate(todo, 1):
         spec = AGENTS[agent]
+        epochs = args.epochs if args.steps is None else epochs_for_steps(args, limit)
         config = BCConfig(
             dataset=args.dataset,
             model=spec.model,
@@ -141,7 +162,7 @@ def train_missing_runs(args: argparse.Namespace, runs: Path) -> None:
             sparsity_weight=args.sparsity_weight if spec.sparse else 0.0,
             sparsity_start=args.sparsity_start,
             sparsity_ramp=args.sparsity_ramp,
-            epochs=args.epochs,
+            epochs=epochs,
             batch_size=args.batch_size,
             learning_rate=args.lr,
             seed=seed,
@@ -262,7 +283,7 @@ def attribute_labels() -> list[str]:
     ]
 
 
-def plot_similarity_matrices(args: argparse.Namespace, runs: Path, out: Path) -> Path | None:
+def similarity_matrices(args: argparse.Namespace, runs: Path) -> dict[str, np.ndarray]:
     """The mean word x attribute cosine similarity of each factored attention agent at the largest limit."""
     agents = [agent for agent in ("factored", "factored-l1") if agent in args.agents]
     limit = max(args.limits)
@@ -277,8 +298,20 @@ def plot_similarity_matrices(args: argparse.Namespace, runs: Path, out: Path) ->
                 with th.no_grad():
                     seeds.append(extractor.similarity_matrix().numpy())
             matrices[agent] = np.mean(seeds, axis=0)
-    if not matrices:
-        return None
+    return matrices
+
+
+def similarity_summary(matrices: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Mean and largest absolute cosine of each agent's matrix (the L1 penalty is the mean, per seed)."""
+    return {
+        agent: {"mean_abs_cos": float(np.abs(matrix).mean()), "max_abs_cos": float(np.abs(matrix).max())}
+        for agent, matrix in matrices.items()
+    }
+
+
+def plot_similarity_matrices(args: argparse.Namespace, matrices: dict[str, np.ndarray], out: Path) -> Path:
+    """One heat map per factored attention agent, the cosines of at least 0.2 written in their cells."""
+    limit = max(args.limits)
     words = list(GOTO_LOCAL_VOCABULARY)
     attributes = attribute_labels()
     figure, axes = plt.subplots(1, len(matrices), figsize=(8 * len(matrices), 7), squeeze=False)
@@ -326,12 +359,23 @@ def main() -> None:
     if not summaries:
         sys.exit(f"no agent has finished all of its runs in {runs}")
     limits, results = aggregate(args, summaries)
+    matrices = similarity_matrices(args, runs)
     settings = {key: value for key, value in vars(args).items() if key != "plot_only"}
-    write_json(out / "sample_efficiency.json", {"settings": settings, "limits": limits, **results})
+    similarity = similarity_summary(matrices)
+    write_json(
+        out / "sample_efficiency.json",
+        {"settings": settings, "limits": limits, **results, "similarity": similarity},
+    )
     paths = plot_curves(limits, results, out)
-    matrix = plot_similarity_matrices(args, runs, out)
+    if matrices:
+        paths.append(plot_similarity_matrices(args, matrices, out))
     print_table(limits, results)
-    print("wrote", out / "sample_efficiency.json", *paths, *([matrix] if matrix else []))
+    for agent, stats in similarity.items():
+        print(
+            f"{AGENTS[agent].label}: word x attribute |cos| mean {stats['mean_abs_cos']:.4f}, "
+            f"max {stats['max_abs_cos']:.4f} (at {max(args.limits)} demos per goal, mean over seeds)"
+        )
+    print("wrote", out / "sample_efficiency.json", *paths)
 
 
 if __name__ == "__main__":
