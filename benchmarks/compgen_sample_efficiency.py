@@ -123,7 +123,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=50_000, help="bootstrap resamples (paper: 50 000)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--plot-only", action="store_true", help="aggregate the finished runs, train nothing")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be a positive number of optimizer steps, got {args.steps}")
+    return args
 
 
 def run_dir(runs: Path, agent: str, limit: int, seed: int) -> Path:
@@ -152,9 +155,12 @@ def train_missing_runs(args: argparse.Namespace, runs: Path) -> None:
         if not (run_dir(runs, agent, limit, seed) / SUMMARY_FILE).is_file()
     ]
     print(f"{len(todo)} runs to train", flush=True)
+    epochs = {
+        limit: args.epochs if args.steps is None else epochs_for_steps(args, limit)
+        for limit in {limit for _, limit, _ in todo}
+    }
     for number, (agent, limit, seed) in enumerate(todo, 1):
         spec = AGENTS[agent]
-        epochs = args.epochs if args.steps is None else epochs_for_steps(args, limit)
         config = BCConfig(
             dataset=args.dataset,
             model=spec.model,
@@ -162,7 +168,7 @@ def train_missing_runs(args: argparse.Namespace, runs: Path) -> None:
             sparsity_weight=args.sparsity_weight if spec.sparse else 0.0,
             sparsity_start=args.sparsity_start,
             sparsity_ramp=args.sparsity_ramp,
-            epochs=epochs,
+            epochs=epochs[limit],
             batch_size=args.batch_size,
             learning_rate=args.lr,
             seed=seed,
@@ -284,7 +290,10 @@ def attribute_labels() -> list[str]:
 
 
 def similarity_matrices(args: argparse.Namespace, runs: Path) -> dict[str, np.ndarray]:
-    """The mean word x attribute cosine similarity of each factored attention agent at the largest limit."""
+    """
+    The word x attribute cosine similarities of each factored attention agent at the largest limit, one
+    matrix per seed, stacked ``(seeds, words, attributes)``.
+    """
     agents = [agent for agent in ("factored", "factored-l1") if agent in args.agents]
     limit = max(args.limits)
     matrices = {}
@@ -297,25 +306,29 @@ def similarity_matrices(args: argparse.Namespace, runs: Path) -> dict[str, np.nd
                 assert isinstance(extractor, FactoredAttentionExtractor)
                 with th.no_grad():
                     seeds.append(extractor.similarity_matrix().numpy())
-            matrices[agent] = np.mean(seeds, axis=0)
+            matrices[agent] = np.stack(seeds)
     return matrices
 
 
 def similarity_summary(matrices: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Mean and largest absolute cosine of each agent's matrix (the L1 penalty is the mean, per seed)."""
+    """Per agent, the mean over seeds of each seed's mean |cos| (its L1 penalty) and largest |cos|."""
     return {
-        agent: {"mean_abs_cos": float(np.abs(matrix).mean()), "max_abs_cos": float(np.abs(matrix).max())}
-        for agent, matrix in matrices.items()
+        agent: {
+            "mean_abs_cos": float(np.abs(seeds).mean(axis=(1, 2)).mean()),
+            "max_abs_cos": float(np.abs(seeds).max(axis=(1, 2)).mean()),
+        }
+        for agent, seeds in matrices.items()
     }
 
 
 def plot_similarity_matrices(args: argparse.Namespace, matrices: dict[str, np.ndarray], out: Path) -> Path:
-    """One heat map per factored attention agent, the cosines of at least 0.2 written in their cells."""
+    """One heat map of the mean over seeds per factored attention agent, cosines >= 0.2 written in."""
     limit = max(args.limits)
     words = list(GOTO_LOCAL_VOCABULARY)
     attributes = attribute_labels()
     figure, axes = plt.subplots(1, len(matrices), figsize=(8 * len(matrices), 7), squeeze=False)
-    for ax, (agent, matrix) in zip(axes[0], matrices.items(), strict=True):
+    for ax, (agent, seeds) in zip(axes[0], matrices.items(), strict=True):
+        matrix = seeds.mean(axis=0)
         image = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
         ax.set_xticks(range(len(attributes)), attributes, rotation=90)
         ax.set_yticks(range(len(words)), words)
@@ -373,7 +386,7 @@ def main() -> None:
     for agent, stats in similarity.items():
         print(
             f"{AGENTS[agent].label}: word x attribute |cos| mean {stats['mean_abs_cos']:.4f}, "
-            f"max {stats['max_abs_cos']:.4f} (at {max(args.limits)} demos per goal, mean over seeds)"
+            f"max {stats['max_abs_cos']:.4f} (per seed, mean over seeds; {max(args.limits)} demos per goal)"
         )
     print("wrote", out / "sample_efficiency.json", *paths)
 
