@@ -13,6 +13,17 @@ Training sequences are cut every ``--bptt-length`` steps (32 by default: the see
 
 The benchmark is resumable: a finished run whose ``results.json`` exists is skipped, an interrupted run
 continues from its saved model, and a trained run without results is only evaluated.
+
+The zoo's agents have one memory shared by actor and critic and trained by both losses, as the seed's
+torch_ac model (:mod:`structrl.policies.shared_memory`). ``--separate-memories`` gives actor and critic a
+memory each instead (sb3-contrib's default); its runs go to ``...-separate``.
+
+``--first-finished`` also evaluates every finished run under the protocol of the seed's ``evaluate.py``
+(rl-starter-files: 16 envs, stop once 100 episodes have finished; see
+:func:`structrl.agents.evaluation.evaluate_first_finished`) and prints that table too, so the seed's numbers
+can be compared like with like. ``--variants ''`` skips training and only (re-)evaluates and tabulates:
+
+    python benchmarks/generalization.py --task empty --variants '' --first-finished
 """
 
 from __future__ import annotations
@@ -25,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from structrl.agents.config import build_config
-from structrl.agents.evaluation import generalize, load_model, write_json
+from structrl.agents.evaluation import evaluate_first_finished, generalize, load_model, write_json
 from structrl.agents.training import CHECKPOINT_DIR, MODEL_FILE, read_progress, resume, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +78,9 @@ VARIANTS: dict[str, str | None] = {"RIM (Kt=4, Ka=3)": None, "RIM (Kt=4, Ka=2)":
 #: table label -> directory name of its runs
 RUN_NAMES: dict[str, str] = {label: variant or "rim-ka3" for label, variant in VARIANTS.items()}
 
+#: policy_kwargs of ``--separate-memories``: a memory each for actor and critic (sb3-contrib's default)
+SEPARATE_MEMORIES = "shared_lstm=False, enable_critic_lstm=True, shared_memory_value_gradient=False"
+
 ZOO_FILES = {"ppo": ROOT / "zoo" / "ppo_lstm.yml", "a2c": ROOT / "zoo" / "a2c_lstm.yml"}
 
 
@@ -95,10 +110,30 @@ def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: P
             seed=seed,
             params={"bptt_length": args.bptt_length} if args.bptt_length else None,
         )
+        if args.separate_memories:
+            entry = config.hyperparams.get("policy_kwargs") or "dict()"
+            config.hyperparams["policy_kwargs"] = f"dict({entry}, {SEPARATE_MEMORIES})"
         train(config, run_dir, threads=args.threads, progress_bar=args.progress)
     model = load_model(run_dir / MODEL_FILE)
     results = generalize(model, eval_envs, episodes=args.episodes, deterministic=args.deterministic)
     write_json(results_file, {"variant": variant, "seed": seed, "results": results})
+    return results
+
+
+def first_finished_results(run_dir: Path, eval_envs: list[str], episodes: int) -> list[dict[str, Any]]:
+    """
+    The results of a finished run under the seed's evaluation protocol (16 envs seeded 0, 10000, 20000, ...,
+    sampled actions, stop once ``episodes`` have finished), computed once and kept in the run directory.
+    """
+    results_file = run_dir / "results_first_finished.json"
+    if results_file.is_file():
+        saved = json.loads(results_file.read_text())
+        if saved["requested_episodes"] == episodes and [r["env_id"] for r in saved["results"]] == eval_envs:
+            return list(saved["results"])
+    model = load_model(run_dir / MODEL_FILE)
+    torch.manual_seed(0)  # sampled actions: reproducible, as the seed's evaluate.py seeds torch
+    results = [evaluate_first_finished(model, env_id, episodes=episodes) for env_id in eval_envs]
+    write_json(results_file, {"requested_episodes": episodes, "results": results})
     return results
 
 
@@ -165,17 +200,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per environment")
     parser.add_argument("--deterministic", action="store_true", help="evaluate the most probable actions")
+    parser.add_argument(
+        "--separate-memories",
+        action="store_true",
+        help="a memory each for actor and critic, sb3-contrib's default (runs in *-separate)",
+    )
+    parser.add_argument(
+        "--first-finished",
+        action="store_true",
+        help="also evaluate the finished runs under the seed's evaluate.py protocol (biased to short ones)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--progress", action="store_true", help="show training progress bars")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     train_env, eval_envs = TASKS[args.task]
     budget = "zoo" if args.timesteps is None else str(args.timesteps)
     root = (
         args.out
         / args.task
-        / (f"{args.algo}-{budget}" + (f"-bptt{args.bptt_length}" if args.bptt_length else ""))
+        / (
+            f"{args.algo}-{budget}"
+            + (f"-bptt{args.bptt_length}" if args.bptt_length else "")
+            + ("-separate" if args.separate_memories else "")
+        )
     )
     if args.bptt_length < 0:
         parser.error(
@@ -186,8 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown variants {unknown}; choose among {sorted(RUN_NAMES.values())}")
     table: dict[str, list[list[dict[str, Any]]]] = {}
+    finished_runs: dict[str, list[Path]] = {}
     for label, variant in VARIANTS.items():
         table[label] = []
+        finished_runs[label] = []
         for seed in range(1, args.seeds + 1):
             run_dir = root / RUN_NAMES[label] / f"seed{seed}"
             if RUN_NAMES[label] in selected:
@@ -202,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 results = json.loads(results_file.read_text())["results"]
                 if [result["env_id"] for result in results] == eval_envs:
                     table[label].append(results)
+                    finished_runs[label].append(run_dir)
     table = {label: runs for label, runs in table.items() if runs}
     if not table:
         print("no finished runs to summarise")
@@ -211,11 +264,29 @@ def main(argv: list[str] | None = None) -> int:
     seeds = ", ".join(f"{label}: {len(runs)}" for label, runs in table.items())
     print(f"\nSuccess rate (mean return), mean ± std over seeds ({seeds}); trained on {train_env} (*):\n")
     print(markdown(summary, eval_envs, train_env))
+    first_finished = None
+    if args.first_finished:
+        ff_table = {
+            label: [
+                first_finished_results(run_dir, eval_envs, args.episodes) for run_dir in finished_runs[label]
+            ]
+            for label in table
+        }
+        first_finished = summarise(ff_table, eval_envs)
+        counted = [
+            len(result["episode_returns"]) for runs in ff_table.values() for run in runs for result in run
+        ]
+        print(
+            f"\nThe same runs under the seed's evaluate.py protocol (16 envs, stop once {args.episodes} "
+            f"episodes have finished; {min(counted)}-{max(counted)} episodes counted per cell):\n"
+        )
+        print(markdown(first_finished, eval_envs, train_env))
     summary_file = root / "summary.json"
     write_json(
         summary_file,
         {"task": args.task, "algo": args.algo, "timesteps": args.timesteps, "episodes": args.episodes,
-         "deterministic": args.deterministic, "bptt_length": args.bptt_length or None, "summary": summary},
+         "deterministic": args.deterministic, "bptt_length": args.bptt_length or None, "summary": summary,
+         "first_finished": first_finished},
     )  # fmt: skip
     print(f"\nwrote {summary_file}")
     return 0

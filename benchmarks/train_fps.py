@@ -5,7 +5,8 @@ thread; the script reports total steps per second (rollouts and updates, like SB
 steps per second and seconds per update, best of ``--repeats`` runs (interleaved, so outside load hits every
 configuration alike).
 The ``bptt 32`` rows cut training sequences every 32 steps (``structrl.agents.RecurrentPPO(bptt_length=32)``,
-the seed's torch_ac ``recurrence``); the others train on sb3-contrib's whole sequences.
+the seed's torch_ac ``recurrence``); the others train on sb3-contrib's whole sequences. ``shared`` rows have
+one memory for actor and critic, trained by both losses (``shared_memory_value_gradient=True``), as the zoo.
 
     python benchmarks/train_fps.py --timesteps 8192 --repeats 2 --json benchmarks/results/train_fps.json
     python benchmarks/train_fps.py --env MiniGrid-DoorKey-5x5-v0 --n-envs 16 --timesteps 16384 --repeats 1 \
@@ -29,7 +30,8 @@ from structrl.agents import RecurrentPPO
 from structrl.envs import make_minigrid_env
 from structrl.policies import MiniGridLstmPolicy, RIMPolicy
 
-_SHARED = {"shared_lstm": True, "enable_critic_lstm": False}
+#: One memory for actor and critic, trained by both losses (the zoo's setting, the seed's torch_ac model).
+_SHARED = {"shared_lstm": True, "enable_critic_lstm": False, "shared_memory_value_gradient": True}
 
 #: name -> (policy class, policy kwargs, bptt_length)
 CONFIGS: dict[str, tuple[type, dict[str, Any], int | None]] = {
@@ -39,6 +41,8 @@ CONFIGS: dict[str, tuple[type, dict[str, Any], int | None]] = {
     "LSTM 64 (shared)": (MiniGridLstmPolicy, _SHARED, None),
     "RIM Kt=4x16 Ka=3 (actor+critic RIMs, bptt 32)": (RIMPolicy, {}, 32),
     "LSTM 64 (actor+critic LSTMs, bptt 32)": (MiniGridLstmPolicy, {}, 32),
+    "RIM Kt=4x16 Ka=3 (shared, bptt 32: the zoo's)": (RIMPolicy, _SHARED, 32),
+    "LSTM 64 (shared, bptt 32: the zoo's)": (MiniGridLstmPolicy, _SHARED, 32),
 }
 
 
@@ -128,6 +132,8 @@ def main() -> None:
         "shared": best["RIM Kt=4x16 Ka=3 (shared)"]["fps"] / best["LSTM 64 (shared)"]["fps"],
         "separate, bptt 32": best["RIM Kt=4x16 Ka=3 (actor+critic RIMs, bptt 32)"]["fps"]
         / best["LSTM 64 (actor+critic LSTMs, bptt 32)"]["fps"],
+        "shared, bptt 32 (zoo)": best["RIM Kt=4x16 Ka=3 (shared, bptt 32: the zoo's)"]["fps"]
+        / best["LSTM 64 (shared, bptt 32: the zoo's)"]["fps"],
     }
     print(
         "RIM/LSTM FPS ratio (target >= 0.6): "

@@ -73,6 +73,32 @@ def test_grid_is_full_north_up_with_the_agent_drawn() -> None:
     assert turned["direction"] == (obs["direction"] - 1) % 4
 
 
+def test_skipping_the_egocentric_view_changes_nothing_else() -> None:
+    # The wrapped level no longer computes minigrid's 7x7 view; a stock level given the same seed and
+    # actions must still agree on everything the wrappers pass on.
+    ours = make_goto_local_env(stock_success=True)
+    stock = gym.make("BabyAI-GoToLocal-v0")
+    rng = np.random.default_rng(0)
+    for seed in range(5):
+        obs, _ = ours.reset(seed=seed)
+        stock_obs, _ = stock.reset(seed=seed)
+        assert not unwrapped(ours).gen_obs()["image"].any()
+        assert stock_obs["image"].any()
+        for action in rng.integers(0, 7, size=40):
+            obs, reward, terminated, truncated, _ = ours.step(int(action))
+            stock_obs, stock_reward, stock_terminated, stock_truncated, _ = stock.step(int(action))
+            assert (reward, terminated, truncated) == (stock_reward, stock_terminated, stock_truncated)
+            assert obs["direction"] == stock_obs["direction"]
+            assert decode_mission(obs["mission"]) == stock_obs["mission"]
+            assert tuple(unwrapped(ours).agent_pos) == tuple(unwrapped(stock).agent_pos)
+            encoded = unwrapped(stock).grid.encode().transpose(1, 0, 2)
+            x, y = unwrapped(stock).agent_pos
+            encoded[y, x] = obs["image"][y, x]
+            np.testing.assert_array_equal(obs["image"], encoded)
+            if terminated or truncated:
+                break
+
+
 def test_agent_moves_in_row_column_layout() -> None:
     env = make_goto_local_env()
     for seed in range(30):

@@ -22,6 +22,7 @@ from structrl.agents.evaluation import (
     ModelLoadError,
     balanced_seeds,
     evaluate,
+    evaluate_first_finished,
     evaluate_seeds,
     generalize,
     load_model,
@@ -138,6 +139,33 @@ def test_evaluate_is_not_biased_towards_short_episodes(rim_model: BaseAlgorithm)
     wrappers = ["minigrid.wrappers.ImgObsWrapper", ShortEpisodesOnEvenSeeds]
     result = evaluate(rim_model, ENV, episodes=8, n_envs=2, seed=0, env_wrapper=wrappers)
     assert result["episode_lengths"].count(1) == 4
+
+
+def test_first_finished_protocol_counts_the_short_episodes_first(rim_model: BaseAlgorithm) -> None:
+    # Envs 0 and 2 (even seeds) end every episode after 1 step, env 1 after 20: the run stops after 3 steps
+    # with the 6 one-step episodes of envs 0 and 2 (one more than asked, as rl-starter-files counts them).
+    wrappers = ["minigrid.wrappers.ImgObsWrapper", ShortEpisodesOnEvenSeeds]
+    result = evaluate_first_finished(
+        rim_model, ENV, episodes=5, n_envs=3, seed=0, seed_stride=1, env_wrapper=wrappers
+    )
+    assert result["requested_episodes"] == 5
+    assert result["episodes"] == len(result["episode_lengths"]) == 6
+    assert result["episode_lengths"] == [1] * 6
+    unbiased = evaluate(rim_model, ENV, episodes=6, n_envs=3, seed=0, env_wrapper=wrappers)
+    assert unbiased["episode_lengths"].count(1) == 4
+
+
+def test_first_finished_protocol_on_a_real_grid(rim_model: BaseAlgorithm) -> None:
+    result = evaluate_first_finished(rim_model, ENV, episodes=10, n_envs=4, seed=3)
+    assert 10 <= result["episodes"] <= 13
+    assert result["mean_return"] == pytest.approx(np.mean(result["episode_returns"]))
+    assert all(1 <= length <= 100 for length in result["episode_lengths"])
+    greedy = evaluate_first_finished(rim_model, ENV, episodes=10, n_envs=4, seed=3, deterministic=True)
+    assert greedy == evaluate_first_finished(
+        rim_model, ENV, episodes=10, n_envs=4, seed=3, deterministic=True
+    )
+    with pytest.raises(ValueError, match="must be positive"):
+        evaluate_first_finished(rim_model, ENV, episodes=0)
 
 
 def test_evaluate_is_reproducible(rim_model: BaseAlgorithm) -> None:

@@ -8,6 +8,7 @@ import torch as th
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -144,6 +145,43 @@ def test_policy_level_save_load_keeps_core_settings(tmp_path) -> None:
     )
     lstm_model.policy.save(tmp_path / "lstm.pt")
     assert MiniGridLstmPolicy.load(tmp_path / "lstm.pt").lstm_actor.hidden_size == 32
+
+
+@pytest.mark.parametrize("policy_class", [RIMPolicy, MiniGridLstmPolicy])
+def test_value_gradient_reaches_the_shared_memory_only_when_asked(tmp_path, policy_class: type) -> None:
+    env = _vec_env()
+    shared = dict(shared_lstm=True, enable_critic_lstm=False)
+    starts = th.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0])  # two sequences of 3 steps
+    memory_grads = {}
+    for flag in (False, True):
+        model = RecurrentPPO(
+            policy_class,
+            env,
+            n_steps=8,
+            batch_size=16,
+            seed=0,
+            policy_kwargs=dict(**shared, shared_memory_value_gradient=flag),
+        )
+        policy = model.policy
+        obs = th.as_tensor(np.concatenate([model.env.reset()] * 3))
+        zeros = th.zeros(1, 2, policy.lstm_actor.hidden_size)
+        states = RNNStates((zeros, zeros), (zeros, zeros))
+        values, log_prob, entropy = policy.evaluate_actions(obs, th.zeros(6), states, starts)
+        assert values.shape == (6, 1) and log_prob.shape == entropy.shape == (6,)
+        policy.zero_grad()
+        values.sum().backward()
+        memory_grads[flag] = sum(
+            float(p.grad.abs().sum()) for p in policy.lstm_actor.parameters() if p.grad is not None
+        )
+        if flag:
+            model.policy.save(tmp_path / "policy.pt")
+            assert policy_class.load(tmp_path / "policy.pt").shared_memory_value_gradient
+    assert memory_grads[False] == 0.0 and memory_grads[True] > 0.0
+
+
+def test_shared_memory_value_gradient_needs_a_shared_memory() -> None:
+    with pytest.raises(AssertionError, match="shared_lstm=True"):
+        RecurrentPPO(RIMPolicy, _vec_env(), n_steps=8, policy_kwargs=dict(shared_memory_value_gradient=True))
 
 
 def test_rim_policy_rejects_lstm_sizes() -> None:

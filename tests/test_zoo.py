@@ -46,6 +46,10 @@ def test_recurrent_zoo_entries(algo: str, file: str, env_id: str) -> None:
     assert (policy_kwargs[0]["n_units"], policy_kwargs[0]["k_active"]) == (4, 3)
     assert (policy_kwargs[1]["n_units"], policy_kwargs[1]["k_active"]) == (4, 2)
     assert policy_kwargs[2]["lstm_hidden_size"] == 64 and "k_active" not in policy_kwargs[2]
+    if file == "ppo_lstm.yml":  # the seed's single memory, trained by actor and critic
+        for kwargs in policy_kwargs:
+            assert kwargs["shared_lstm"] and kwargs["shared_memory_value_gradient"]
+            assert not kwargs["enable_critic_lstm"]
     assert default.algorithm_kwargs()["policy"] is RIMPolicy
     assert lstm.algorithm_kwargs()["policy"] is MiniGridLstmPolicy
     # merge keys: the variants inherit everything else from the default entry

@@ -448,6 +448,86 @@ def evaluate_seeds(
     }
 
 
+def evaluate_first_finished(
+    model: BaseAlgorithm,
+    env_id: str,
+    episodes: int = 100,
+    deterministic: bool = False,
+    seed: int = 0,
+    n_envs: int = 16,
+    seed_stride: int = 10000,
+    env_wrapper: Any = None,
+    env_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """
+    Evaluate under the protocol of the ``evaluate.py`` of rl-starter-files, which the RIM paper's MiniGrid
+    code (and many MiniGrid papers) used: ``n_envs`` environments step together with automatic resets, and
+    the run stops as soon as at least ``episodes`` episodes have finished, all those that finished on the
+    last step included.
+
+    The episodes still running when it stops are never counted, so the protocol is **biased towards short
+    episodes**: on MiniGrid, failures run to the time limit and are left out first. Use it only to compare
+    with numbers measured that way; :func:`evaluate` gives the unbiased estimate.
+
+    :param model: the agent
+    :param env_id: Gymnasium environment id
+    :param episodes: the number of finished episodes that stops the run (more may be counted)
+    :param deterministic: take the most probable action instead of sampling (rl-starter-files samples)
+    :param seed: environment ``i`` is reset with ``seed + seed_stride * i`` once, then continues its own
+        random stream
+    :param n_envs: environments stepped together (rl-starter-files' ``--procs``, 16)
+    :param seed_stride: seed spacing between environments (rl-starter-files: 10000)
+    :param env_wrapper: the training run's ``env_wrapper`` specification (see :func:`env_factory`)
+    :param env_kwargs: keyword arguments of the environment (``gymnasium.make``)
+    :return: ``env_id``, ``env_kwargs``, ``episodes`` (the number counted), ``requested_episodes``,
+        ``deterministic``, ``seed``, ``n_envs`` and the statistics of :func:`episode_statistics`, episodes in
+        the order they finished
+    :raises ConfigError: if the env rejects ``env_kwargs`` or its observations do not fit the model
+    """
+    if episodes < 1 or n_envs < 1:
+        raise ValueError(f"episodes and n_envs must be positive, got {episodes} and {n_envs}")
+    env_kwargs = dict(env_kwargs or {})
+    make_env = env_factory(model, env_wrapper)
+    envs = [_make_env(make_env, env_id, **env_kwargs)]
+    returns: list[float] = []
+    lengths: list[int] = []
+    try:
+        envs += [make_env(env_id, **env_kwargs) for _ in range(1, n_envs)]
+        _check_spaces(model, env_id, envs[0].observation_space)
+        observations = [env.reset(seed=seed + seed_stride * index)[0] for index, env in enumerate(envs)]
+        running_return = np.zeros(n_envs)
+        running_length = np.zeros(n_envs, dtype=int)
+        state = None
+        episode_start = np.ones(n_envs, dtype=bool)
+        while len(returns) < episodes:
+            actions, state = model.predict(
+                _stack(observations), state=state, episode_start=episode_start, deterministic=deterministic
+            )
+            for index, env in enumerate(envs):
+                observations[index], reward, terminated, truncated, _ = env.step(actions[index])
+                running_return[index] += float(reward)
+                running_length[index] += 1
+                episode_start[index] = terminated or truncated
+                if episode_start[index]:
+                    returns.append(float(running_return[index]))
+                    lengths.append(int(running_length[index]))
+                    running_return[index], running_length[index] = 0.0, 0
+                    observations[index] = env.reset()[0]
+    finally:
+        for env in envs:
+            env.close()
+    return {
+        "env_id": env_id,
+        "env_kwargs": env_kwargs,
+        "episodes": len(returns),
+        "requested_episodes": episodes,
+        "deterministic": deterministic,
+        "seed": seed,
+        "n_envs": n_envs,
+        **episode_statistics(np.asarray(returns), np.asarray(lengths, dtype=int)),
+    }
+
+
 def generalize(
     model: BaseAlgorithm,
     env_ids: Sequence[str],

@@ -19,6 +19,7 @@ from structrl.policies.minigrid_policies import MiniGridCnnPolicy, MiniGridLstmP
 from structrl.policies.mvprop import MVProp2D, MVPropExtractor, MVPropPlanner, MVPropPolicy, QHead
 from structrl.policies.rim import RIM, RIMCell, compile_rim
 from structrl.policies.rim_policy import RIMCore, RIMPolicy
+from structrl.policies.shared_memory import SharedMemoryRecurrentPolicy
 
 __all__ = [
     "RIM",
@@ -37,6 +38,7 @@ __all__ = [
     "RIMCell",
     "RIMCore",
     "RIMPolicy",
+    "SharedMemoryRecurrentPolicy",
     "SimpleAttention",
     "SimpleAttentionExtractor",
     "SparsitySchedule",

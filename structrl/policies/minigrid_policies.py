@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from gymnasium import spaces
-from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import Schedule
 
 from structrl.policies.minigrid_extractor import MiniGridCNN
+from structrl.policies.shared_memory import SharedMemoryRecurrentPolicy
 
 
 def with_minigrid_defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +52,7 @@ class MiniGridCnnPolicy(ActorCriticPolicy):
         super().__init__(observation_space, action_space, lr_schedule, **with_minigrid_defaults(kwargs))
 
 
-class MiniGridLstmPolicy(RecurrentActorCriticPolicy):
+class MiniGridLstmPolicy(SharedMemoryRecurrentPolicy):
     """
     sb3-contrib's recurrent (LSTM) actor-critic with :class:`MiniGridCNN`: the baseline RIM is compared to.
 
@@ -63,7 +63,8 @@ class MiniGridLstmPolicy(RecurrentActorCriticPolicy):
     :param action_space: Action space.
     :param lr_schedule: Learning-rate schedule.
     :param lstm_hidden_size: LSTM state size.
-    :param kwargs: Any :class:`sb3_contrib.common.recurrent.policies.RecurrentActorCriticPolicy` argument.
+    :param kwargs: Any :class:`structrl.policies.shared_memory.SharedMemoryRecurrentPolicy` argument
+        (sb3-contrib's, and ``shared_memory_value_gradient``).
     """
 
     def __init__(

@@ -12,6 +12,7 @@ from torch import nn
 
 from structrl.policies.minigrid_policies import with_minigrid_defaults
 from structrl.policies.rim import RIM
+from structrl.policies.shared_memory import SharedMemoryRecurrentPolicy
 
 #: RIM settings of the seed's MiniGrid agent (input values of 64); attention dropout is off because SB3
 #: collects rollouts in eval mode and trains in train mode, so dropout would make PPO's ratio noisy and
@@ -75,7 +76,7 @@ class RIMCore(nn.Module):
         return output, (h_n, c_n)
 
 
-class RIMPolicy(RecurrentActorCriticPolicy):
+class RIMPolicy(SharedMemoryRecurrentPolicy):
     """
     Recurrent actor-critic policy with a RIM memory, for ``sb3_contrib.RecurrentPPO`` and
     :class:`structrl.agents.RecurrentA2C`.
@@ -95,8 +96,9 @@ class RIMPolicy(RecurrentActorCriticPolicy):
     :param rim_cell: ``"LSTM"`` or ``"GRU"`` units.
     :param rim_kwargs: Further :class:`structrl.policies.rim.RIMCell` arguments, merged over
         :data:`DEFAULT_RIM_KWARGS`.
-    :param kwargs: Any :class:`sb3_contrib.common.recurrent.policies.RecurrentActorCriticPolicy` argument
-        except ``lstm_hidden_size`` and ``n_lstm_layers``, which the RIM fixes.
+    :param kwargs: Any :class:`structrl.policies.shared_memory.SharedMemoryRecurrentPolicy` argument
+        (sb3-contrib's, and ``shared_memory_value_gradient``) except ``lstm_hidden_size`` and
+        ``n_lstm_layers``, which the RIM fixes.
     """
 
     def __init__(

@@ -1,0 +1,74 @@
+"""
+sb3-contrib's recurrent actor-critic with the option of one memory trained by both the actor and the critic.
+
+With ``shared_lstm=True`` sb3-contrib's critic reads the actor's memory output but detaches it, so only the
+policy loss trains the memory. torch_ac, which the RIM seed used, has a single memory that both losses
+train. ``shared_memory_value_gradient=True`` gives that: the value loss's gradient reaches the shared memory
+during training. Rollouts and bootstrapping run without gradients, so only :meth:`evaluate_actions` differs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch as th
+from gymnasium import spaces
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.type_aliases import Schedule
+
+
+class SharedMemoryRecurrentPolicy(RecurrentActorCriticPolicy):
+    """
+    :class:`sb3_contrib.common.recurrent.policies.RecurrentActorCriticPolicy` whose shared memory can be
+    trained by the value loss too (torch_ac's single memory).
+
+    :param observation_space: Observation space.
+    :param action_space: Action space.
+    :param lr_schedule: Learning-rate schedule.
+    :param shared_memory_value_gradient: Let the value loss's gradient reach the memory that actor and
+        critic share; needs ``shared_lstm=True`` (sb3-contrib detaches the critic's input there).
+    :param kwargs: Any :class:`sb3_contrib.common.recurrent.policies.RecurrentActorCriticPolicy` argument.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        shared_memory_value_gradient: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        assert not shared_memory_value_gradient or kwargs.get("shared_lstm", False), (
+            "shared_memory_value_gradient=True trains a memory shared by actor and critic: also pass "
+            "shared_lstm=True and enable_critic_lstm=False"
+        )
+        self.shared_memory_value_gradient = shared_memory_value_gradient
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+
+    def evaluate_actions(  # type: ignore[override]
+        self, obs: th.Tensor, actions: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """
+        :param obs: Observations ``(T * n_seq, ...)``.
+        :param actions: Actions taken.
+        :param lstm_states: Memory states at the start of each sequence.
+        :param episode_starts: Whether each observation starts an episode.
+        :return: Values, log-likelihoods of the actions and entropies of the action distributions.
+        """
+        if not self.shared_memory_value_gradient:
+            return super().evaluate_actions(obs, actions, lstm_states, episode_starts)
+        features = self.extract_features(obs)
+        assert isinstance(features, th.Tensor), "a shared memory needs a shared features extractor"
+        h, c = lstm_states.pi
+        memory, _ = self._process_sequence(features, (h, c), episode_starts, self.lstm_actor)
+        distribution = self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(memory))
+        values = self.value_net(self.mlp_extractor.forward_critic(memory))
+        entropy = distribution.entropy()
+        assert entropy is not None, "the action distribution has no closed-form entropy"
+        return values, distribution.log_prob(actions), entropy
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(shared_memory_value_gradient=self.shared_memory_value_gradient)
+        return data
