@@ -128,8 +128,9 @@ def first_finished_results(run_dir: Path, eval_envs: list[str], episodes: int) -
     results_file = run_dir / "results_first_finished.json"
     if results_file.is_file():
         saved = json.loads(results_file.read_text())
-        if saved["requested_episodes"] == episodes and [r["env_id"] for r in saved["results"]] == eval_envs:
-            return list(saved["results"])
+        cached = saved.get("results", [])
+        if saved.get("requested_episodes") == episodes and [r["env_id"] for r in cached] == eval_envs:
+            return list(cached)
     model = load_model(run_dir / MODEL_FILE)
     torch.manual_seed(0)  # sampled actions: reproducible, as the seed's evaluate.py seeds torch
     results = [evaluate_first_finished(model, env_id, episodes=episodes) for env_id in eval_envs]

@@ -369,6 +369,25 @@ def _stack(observations: Sequence[Any]) -> Any:
     return np.stack(observations)
 
 
+def _model_envs(
+    model: BaseAlgorithm, env_id: str, count: int, env_wrapper: Any, env_kwargs: dict[str, Any]
+) -> list[gym.Env]:
+    """
+    ``count`` environments observed the way ``model`` was trained, checked against its observation space
+    (see :func:`_check_spaces`); if making or checking them fails, those already made are closed.
+    """
+    make_env = env_factory(model, env_wrapper)
+    envs = [_make_env(make_env, env_id, **env_kwargs)]
+    try:
+        envs += [make_env(env_id, **env_kwargs) for _ in range(1, count)]
+        _check_spaces(model, env_id, envs[0].observation_space)
+    except BaseException:
+        for env in envs:
+            env.close()
+        raise
+    return envs
+
+
 def evaluate_seeds(
     model: BaseAlgorithm,
     env_id: str,
@@ -403,13 +422,10 @@ def evaluate_seeds(
     if not seeds or n_envs < 1:
         raise ValueError(f"need at least one seed and one env, got {len(seeds)} seeds and {n_envs} envs")
     env_kwargs = dict(env_kwargs or {})
-    make_env = env_factory(model, env_wrapper)
-    envs = [_make_env(make_env, env_id, **env_kwargs)]
+    envs = _model_envs(model, env_id, min(n_envs, len(seeds)), env_wrapper, env_kwargs)
     returns = np.zeros(len(seeds))
     lengths = np.zeros(len(seeds), dtype=int)
     try:
-        envs += [make_env(env_id, **env_kwargs) for _ in range(1, min(n_envs, len(seeds)))]
-        _check_spaces(model, env_id, envs[0].observation_space)
         episode_of_env: list[int | None] = list(range(len(envs)))
         observations = [env.reset(seed=seeds[index])[0] for index, env in enumerate(envs)]
         next_episode = len(envs)
@@ -487,13 +503,10 @@ def evaluate_first_finished(
     if episodes < 1 or n_envs < 1:
         raise ValueError(f"episodes and n_envs must be positive, got {episodes} and {n_envs}")
     env_kwargs = dict(env_kwargs or {})
-    make_env = env_factory(model, env_wrapper)
-    envs = [_make_env(make_env, env_id, **env_kwargs)]
+    envs = _model_envs(model, env_id, n_envs, env_wrapper, env_kwargs)
     returns: list[float] = []
     lengths: list[int] = []
     try:
-        envs += [make_env(env_id, **env_kwargs) for _ in range(1, n_envs)]
-        _check_spaces(model, env_id, envs[0].observation_space)
         observations = [env.reset(seed=seed + seed_stride * index)[0] for index, env in enumerate(envs)]
         running_return = np.zeros(n_envs)
         running_length = np.zeros(n_envs, dtype=int)
