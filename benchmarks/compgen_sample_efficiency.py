@@ -11,7 +11,8 @@ its OOD success rate (so the OOD curve is selected by ID performance); per limit
 Writes to ``--out``:
 
 * ``runs/AGENT/limitL/seedS/`` (or under ``--runs-dir``): the ``structrl bc`` run directories (a run with
-  a ``summary.json`` is finished and skipped, so an interrupted benchmark resumes);
+  a ``summary.json`` is finished and skipped, an interrupted one with the same settings goes on from its
+  last checkpoint, so an interrupted benchmark resumes);
 * ``sample_efficiency.json``: per agent and limit the IQM and CI of ID and OOD success, and every run's
   selected points;
 * ``sample_efficiency_id.png``, ``sample_efficiency_ood.png``: the curves;
@@ -21,11 +22,11 @@ Writes to ``--out``:
 
 The paper's budget is 10 seeds, limits 50 ... 9980, 70 000 steps of batch 32 per run on a GPU (``--steps``
 fixes the steps whatever the limit, as the paper did). On a 2-core CPU the README's reduced run took about
-2 h, its agents split over two processes that share the run directories::
+3 h, its agents split over two processes that share the run directories::
 
     structrl demos --per-goal 70 --out demos70.h5
     python benchmarks/compgen_sample_efficiency.py --dataset demos70.h5 --agents factored transformer \
-        --limits 10 50 --seeds 0 1 --steps 3500 --eval-every 250 --eval-episodes 48 --top-k 3 \
+        --limits 10 50 --seeds 0 1 2 --steps 3500 --eval-every 250 --eval-episodes 48 --top-k 3 \
         --sparsity-start 1000 --sparsity-ramp 2000 --runs-dir runs/compgen --out runs/compgen/a &
     python benchmarks/compgen_sample_efficiency.py ... --agents factored-l1 film ... --out runs/compgen/b
     python benchmarks/compgen_sample_efficiency.py ... --agents factored factored-l1 film transformer \
@@ -56,7 +57,15 @@ from matplotlib.ticker import NullFormatter
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
 from rliable import metrics, plot_utils
 
-from structrl.agents.behavior_cloning import BEST_MODEL_FILE, SUMMARY_FILE, BCConfig, train_bc
+from structrl.agents.behavior_cloning import (
+    BEST_MODEL_FILE,
+    SUMMARY_FILE,
+    BCConfig,
+    load_bc_config,
+    read_bc_checkpoint,
+    resume_bc,
+    train_bc,
+)
 from structrl.agents.evaluation import load_model, write_json
 from structrl.data.episode_store import EpisodeReader
 from structrl.data.splits import split_demo_store
@@ -176,7 +185,11 @@ def train_missing_runs(args: argparse.Namespace, runs: Path) -> None:
             eval_episodes=args.eval_episodes,
         )
         started = time.perf_counter()
-        summary = train_bc(config, run_dir(runs, agent, limit, seed), threads=args.threads)
+        directory = run_dir(runs, agent, limit, seed)
+        if read_bc_checkpoint(directory) is not None and load_bc_config(directory) == config:
+            summary = resume_bc(directory, threads=args.threads)  # interrupted: go on from its last epoch
+        else:
+            summary = train_bc(config, directory, threads=args.threads)
         best = summary["best"]
         print(
             f"[{number}/{len(todo)}] {agent} limit {limit} seed {seed}: {summary['steps']} steps in "

@@ -14,9 +14,10 @@ Training sequences are cut every ``--bptt-length`` steps (32 by default: the see
 The benchmark is resumable: a finished run whose ``results.json`` exists is skipped, an interrupted run
 continues from its saved model, and a trained run without results is only evaluated.
 
-The zoo's agents have one memory shared by actor and critic and trained by both losses, as the seed's
-torch_ac model (:mod:`structrl.policies.shared_memory`). ``--separate-memories`` gives actor and critic a
-memory each instead (sb3-contrib's default); its runs go to ``...-separate``.
+The PPO zoo's agents have one memory shared by actor and critic and trained by both losses, as the seed's
+torch_ac model (:mod:`structrl.policies.shared_memory`); the A2C zoo's have a memory each (sb3-contrib's
+default), which generalises better under A2C. ``--separate-memories`` and ``--single-memory`` force one
+layout or the other; their runs go to ``...-separate`` and ``...-single``.
 
 ``--first-finished`` also evaluates every finished run under the protocol of the seed's ``evaluate.py``
 (rl-starter-files: 16 envs, stop once 100 episodes have finished; see
@@ -24,6 +25,11 @@ memory each instead (sb3-contrib's default); its runs go to ``...-separate``.
 can be compared like with like. ``--variants ''`` skips training and only (re-)evaluates and tabulates:
 
     python benchmarks/generalization.py --task empty --variants '' --first-finished
+
+``--torch-ac-losses`` trains with the losses of the seed's torch_ac PPO instead of SB3's defaults: the value
+loss clipped with the policy's clip range (``clip_range_vf``; SB3 keeps only the clipped term where torch_ac
+takes the larger of the clipped and unclipped ones) and advantages left unnormalised
+(``normalize_advantage=False``); its runs go to ``...-torchac``.
 """
 
 from __future__ import annotations
@@ -78,10 +84,18 @@ VARIANTS: dict[str, str | None] = {"RIM (Kt=4, Ka=3)": None, "RIM (Kt=4, Ka=2)":
 #: table label -> directory name of its runs
 RUN_NAMES: dict[str, str] = {label: variant or "rim-ka3" for label, variant in VARIANTS.items()}
 
-#: policy_kwargs of ``--separate-memories``: a memory each for actor and critic (sb3-contrib's default)
-SEPARATE_MEMORIES = "shared_lstm=False, enable_critic_lstm=True, shared_memory_value_gradient=False"
+#: policy_kwargs of ``--separate-memories`` and ``--single-memory``: a memory each for actor and critic
+#: (sb3-contrib's default), or one memory that both losses train (the seed's torch_ac model)
+MEMORY_LAYOUTS = {
+    "separate": "shared_lstm=False, enable_critic_lstm=True, shared_memory_value_gradient=False",
+    "single": "shared_lstm=True, enable_critic_lstm=False, shared_memory_value_gradient=True",
+}
 
 ZOO_FILES = {"ppo": ROOT / "zoo" / "ppo_lstm.yml", "a2c": ROOT / "zoo" / "a2c_lstm.yml"}
+
+
+#: hyperparameters of ``--torch-ac-losses``: the value loss clipped like the policy, advantages unnormalised
+TORCH_AC_LOSSES: dict[str, Any] = {"normalize_advantage": False}
 
 
 def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: Path) -> list[dict[str, Any]]:
@@ -110,9 +124,12 @@ def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: P
             seed=seed,
             params={"bptt_length": args.bptt_length} if args.bptt_length else None,
         )
-        if args.separate_memories:
+        if args.torch_ac_losses:
+            clip_range = config.hyperparams.get("clip_range", 0.2)
+            config.hyperparams.update(TORCH_AC_LOSSES, clip_range_vf=clip_range)
+        if args.memory is not None:
             entry = config.hyperparams.get("policy_kwargs") or "dict()"
-            config.hyperparams["policy_kwargs"] = f"dict({entry}, {SEPARATE_MEMORIES})"
+            config.hyperparams["policy_kwargs"] = f"dict({entry}, {MEMORY_LAYOUTS[args.memory]})"
         train(config, run_dir, threads=args.threads, progress_bar=args.progress)
     model = load_model(run_dir / MODEL_FILE)
     results = generalize(model, eval_envs, episodes=args.episodes, deterministic=args.deterministic)
@@ -201,10 +218,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per environment")
     parser.add_argument("--deterministic", action="store_true", help="evaluate the most probable actions")
-    parser.add_argument(
+    memory = parser.add_mutually_exclusive_group()
+    memory.add_argument(
         "--separate-memories",
-        action="store_true",
+        action="store_const",
+        const="separate",
+        dest="memory",
         help="a memory each for actor and critic, sb3-contrib's default (runs in *-separate)",
+    )
+    memory.add_argument(
+        "--single-memory",
+        action="store_const",
+        const="single",
+        dest="memory",
+        help="one memory for actor and critic, trained by both losses (runs in *-single)",
+    )
+    parser.add_argument(
+        "--torch-ac-losses",
+        action="store_true",
+        help="clip the value loss and keep advantages unnormalised, as torch_ac (runs in *-torchac)",
     )
     parser.add_argument(
         "--first-finished",
@@ -225,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         / (
             f"{args.algo}-{budget}"
             + (f"-bptt{args.bptt_length}" if args.bptt_length else "")
-            + ("-separate" if args.separate_memories else "")
+            + (f"-{args.memory}" if args.memory else "")
+            + ("-torchac" if args.torch_ac_losses else "")
         )
     )
     if args.bptt_length < 0:
@@ -286,8 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(
         summary_file,
         {"task": args.task, "algo": args.algo, "timesteps": args.timesteps, "episodes": args.episodes,
-         "deterministic": args.deterministic, "bptt_length": args.bptt_length or None, "summary": summary,
-         "first_finished": first_finished},
+         "deterministic": args.deterministic, "bptt_length": args.bptt_length or None,
+         "memory": args.memory or "zoo", "torch_ac_losses": args.torch_ac_losses,
+         "summary": summary, "first_finished": first_finished},
     )  # fmt: skip
     print(f"\nwrote {summary_file}")
     return 0

@@ -43,13 +43,19 @@ def _capture_one_update(model: RecurrentA2C) -> tuple[Any, dict[str, th.Tensor]]
     return captured["batches"][0], captured["grads"]
 
 
+#: the seed's single memory for actor and critic, trained by both losses
+SINGLE_MEMORY = dict(shared_lstm=True, enable_critic_lstm=False, shared_memory_value_gradient=True)
+
+
+@pytest.mark.parametrize("policy_kwargs", [{}, SINGLE_MEMORY], ids=["separate-memories", "single-memory"])
 @pytest.mark.parametrize("policy", [RIMPolicy, MiniGridLstmPolicy])
-def test_gradient_equals_hand_written_a2c_loss(policy: type) -> None:
+def test_gradient_equals_hand_written_a2c_loss(policy: type, policy_kwargs: dict[str, bool]) -> None:
     ent_coef, vf_coef = 0.01, 0.5
     model = RecurrentA2C(
         policy,
         _vec_env(),
         n_steps=16,
+        policy_kwargs=policy_kwargs,
         ent_coef=ent_coef,
         vf_coef=vf_coef,
         max_grad_norm=1e9,  # compare raw gradients, not clipped ones
