@@ -186,7 +186,8 @@ def train_missing_runs(args: argparse.Namespace, runs: Path) -> None:
         )
         started = time.perf_counter()
         directory = run_dir(runs, agent, limit, seed)
-        if read_bc_checkpoint(directory) is not None and load_bc_config(directory) == config:
+        saved = read_bc_checkpoint(directory)
+        if saved is not None and not saved["finished"] and load_bc_config(directory) == config:
             summary = resume_bc(directory, threads=args.threads)  # interrupted: go on from its last epoch
         else:
             summary = train_bc(config, directory, threads=args.threads)

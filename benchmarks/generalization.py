@@ -94,10 +94,6 @@ MEMORY_LAYOUTS = {
 ZOO_FILES = {"ppo": ROOT / "zoo" / "ppo_lstm.yml", "a2c": ROOT / "zoo" / "a2c_lstm.yml"}
 
 
-#: hyperparameters of ``--torch-ac-losses``: the value loss clipped like the policy, advantages unnormalised
-TORCH_AC_LOSSES: dict[str, Any] = {"normalize_advantage": False}
-
-
 def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: Path) -> list[dict[str, Any]]:
     """
     Train (or resume) one variant and seed, evaluate it; reuse the results if they exist for the task's
@@ -124,9 +120,9 @@ def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: P
             seed=seed,
             params={"bptt_length": args.bptt_length} if args.bptt_length else None,
         )
-        if args.torch_ac_losses:
+        if args.torch_ac_losses:  # the value loss clipped like the policy, advantages unnormalised
             clip_range = config.hyperparams.get("clip_range", 0.2)
-            config.hyperparams.update(TORCH_AC_LOSSES, clip_range_vf=clip_range)
+            config.hyperparams.update(normalize_advantage=False, clip_range_vf=clip_range)
         if args.memory is not None:
             entry = config.hyperparams.get("policy_kwargs") or "dict()"
             config.hyperparams["policy_kwargs"] = f"dict({entry}, {MEMORY_LAYOUTS[args.memory]})"
@@ -261,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             + ("-torchac" if args.torch_ac_losses else "")
         )
     )
+    if args.torch_ac_losses and args.algo != "ppo":
+        parser.error(
+            "--torch-ac-losses changes PPO's losses; A2C already keeps advantages unnormalised and its "
+            "single gradient step never clips the value loss: drop the flag or use --algo ppo"
+        )
     if args.bptt_length < 0:
         parser.error(
             f"--bptt-length must be 0 (whole sequences) or a positive number of steps, got {args.bptt_length}"
