@@ -54,7 +54,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch as th
 from matplotlib.ticker import NullFormatter
-from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
 from rliable import metrics, plot_utils
 
 from structrl.agents.behavior_cloning import (
@@ -71,6 +70,7 @@ from structrl.data.episode_store import EpisodeReader
 from structrl.data.splits import split_demo_store
 from structrl.envs.babyai import GOTO_LOCAL_VOCABULARY
 from structrl.policies.factored_attention import FactoredAttentionExtractor
+from structrl.policies.grounding import attribute_labels, grounding_accuracy
 
 try:  # rliable's bootstrap needs arch < 8, which breaks on pandas >= 3
     from rliable import library as rly
@@ -294,15 +294,6 @@ def plot_curves(limits: list[int], results: dict[str, Any], out: Path) -> list[P
     return paths
 
 
-def attribute_labels() -> list[str]:
-    """Rows of the factored attention's attribute table: object types, then colours."""
-    by_index = {index: name for name, index in OBJECT_TO_IDX.items()}
-    colours = {index: name for name, index in COLOR_TO_IDX.items()}
-    return [by_index[index] for index in range(len(by_index))] + [
-        colours[index] for index in range(len(colours))
-    ]
-
-
 def similarity_matrices(args: argparse.Namespace, runs: Path) -> dict[str, np.ndarray]:
     """
     The word x attribute cosine similarities of each factored attention agent at the largest limit, one
@@ -325,11 +316,15 @@ def similarity_matrices(args: argparse.Namespace, runs: Path) -> dict[str, np.nd
 
 
 def similarity_summary(matrices: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Per agent, the mean over seeds of each seed's mean |cos| (its L1 penalty) and largest |cos|."""
+    """
+    Per agent, the mean over seeds of each seed's mean |cos| (its L1 penalty), largest |cos| and grounding
+    accuracy (the fraction of colour and type words most similar to the attribute they name).
+    """
     return {
         agent: {
             "mean_abs_cos": float(np.abs(seeds).mean(axis=(1, 2)).mean()),
             "max_abs_cos": float(np.abs(seeds).max(axis=(1, 2)).mean()),
+            "grounding_accuracy": float(np.mean([grounding_accuracy(matrix) for matrix in seeds])),
         }
         for agent, seeds in matrices.items()
     }
@@ -400,7 +395,8 @@ def main() -> None:
     for agent, stats in similarity.items():
         print(
             f"{AGENTS[agent].label}: word x attribute |cos| mean {stats['mean_abs_cos']:.4f}, "
-            f"max {stats['max_abs_cos']:.4f} (per seed, mean over seeds; {max(args.limits)} demos per goal)"
+            f"max {stats['max_abs_cos']:.4f}, grounding accuracy {stats['grounding_accuracy']:.2f} "
+            f"(per seed, mean over seeds; {max(args.limits)} demos per goal)"
         )
     print("wrote", out / "sample_efficiency.json", *paths)
 

@@ -26,6 +26,12 @@ can be compared like with like. ``--variants ''`` skips training and only (re-)e
 
     python benchmarks/generalization.py --task empty --variants '' --first-finished
 
+``--variants ff`` adds the memory-less baseline (PPO with the seed's conv stack and heads, ``zoo/ppo.yml``;
+the flags that change memories or losses do not apply to it). ``--seed-cell-state`` trains the RIM variants
+with the seed's glue, which rebuilt each LSTM unit's cell state from its hidden state before every step
+(``RIM(carry_cell_state=False)``; runs in ``...-seedcell``), to test whether that bug explains the seed's
+numbers.
+
 ``--torch-ac-losses`` trains with the losses of the seed's torch_ac PPO instead of SB3's defaults: the value
 loss clipped with the policy's clip range (``clip_range_vf``; SB3 keeps only the clipped term where torch_ac
 takes the larger of the clipped and unclipped ones) and advantages left unnormalised
@@ -78,11 +84,23 @@ TASKS: dict[str, tuple[str, list[str]]] = {
     ),
 }
 
-#: table label -> variant of the zoo entry (None: the default entry)
-VARIANTS: dict[str, str | None] = {"RIM (Kt=4, Ka=3)": None, "RIM (Kt=4, Ka=2)": "rim-ka2", "LSTM": "lstm"}
+#: the variant without memory: PPO with the seed's conv stack and heads, zoo/ppo.yml
+FEED_FORWARD = "ff"
+
+#: table label -> variant of the zoo entry (None: the default entry; FEED_FORWARD: zoo/ppo.yml's entry)
+VARIANTS: dict[str, str | None] = {
+    "RIM (Kt=4, Ka=3)": None,
+    "RIM (Kt=4, Ka=2)": "rim-ka2",
+    "LSTM": "lstm",
+    "Feed-forward (no memory)": FEED_FORWARD,
+}
 
 #: table label -> directory name of its runs
 RUN_NAMES: dict[str, str] = {label: variant or "rim-ka3" for label, variant in VARIANTS.items()}
+
+#: policy_kwargs of ``--seed-cell-state``: the seed's RIM glue, which rebuilt the cell state from the
+#: hidden state before every step (see :class:`structrl.policies.RIM`'s ``carry_cell_state``)
+SEED_CELL_STATE = "rim_kwargs=dict(carry_cell_state=False)"
 
 #: policy_kwargs of ``--separate-memories`` and ``--single-memory``: a memory each for actor and critic
 #: (sb3-contrib's default), or one memory that both losses train (the seed's torch_ac model)
@@ -92,6 +110,7 @@ MEMORY_LAYOUTS = {
 }
 
 ZOO_FILES = {"ppo": ROOT / "zoo" / "ppo_lstm.yml", "a2c": ROOT / "zoo" / "a2c_lstm.yml"}
+FEED_FORWARD_ZOO = ROOT / "zoo" / "ppo.yml"
 
 
 def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: Path) -> list[dict[str, Any]]:
@@ -110,6 +129,11 @@ def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: P
         status = None  # killed before its first checkpoint: start again
     if status in ("interrupted", "running"):
         resume(run_dir, threads=args.threads, progress_bar=args.progress)
+    elif status != "finished" and variant == FEED_FORWARD:
+        config = build_config(
+            "ppo", train_env, hyperparams_file=FEED_FORWARD_ZOO, n_timesteps=args.timesteps, seed=seed
+        )
+        train(config, run_dir, threads=args.threads, progress_bar=args.progress)
     elif status != "finished":
         config = build_config(
             args.algo,
@@ -126,6 +150,9 @@ def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: P
         if args.memory is not None:
             entry = config.hyperparams.get("policy_kwargs") or "dict()"
             config.hyperparams["policy_kwargs"] = f"dict({entry}, {MEMORY_LAYOUTS[args.memory]})"
+        if args.seed_cell_state:
+            entry = config.hyperparams.get("policy_kwargs") or "dict()"
+            config.hyperparams["policy_kwargs"] = f"dict({entry}, {SEED_CELL_STATE})"
         train(config, run_dir, threads=args.threads, progress_bar=args.progress)
     model = load_model(run_dir / MODEL_FILE)
     results = generalize(model, eval_envs, episodes=args.episodes, deterministic=args.deterministic)
@@ -199,11 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algo", choices=list(ZOO_FILES), default="ppo")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per variant (1, 2, ...)")
     parser.add_argument(
+        "--only-seed",
+        type=int,
+        help="train only this seed of --seeds, so that several processes can share one variant",
+    )
+    recurrent = ",".join(name for name in RUN_NAMES.values() if name != FEED_FORWARD)
+    parser.add_argument(
         "--variants",
-        default=",".join(RUN_NAMES.values()),
+        default=recurrent,
         help="comma-separated variants to run, so that several processes can share the work "
-        f"(default: all of {','.join(RUN_NAMES.values())}; '' only tabulates); the table covers the finished "
-        "runs of all",
+        f"(default: the seed's {recurrent}; {FEED_FORWARD}: PPO without memory; '' only tabulates); the "
+        "table covers the finished runs of all",
     )
     parser.add_argument("--timesteps", type=int, help="training budget (default: the zoo file's)")
     parser.add_argument(
@@ -235,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
         help="clip the value loss and keep advantages unnormalised, as torch_ac (runs in *-torchac)",
     )
     parser.add_argument(
+        "--seed-cell-state",
+        action="store_true",
+        help="RIM only: rebuild the cell state from the hidden state before every step, as the seed's "
+        "agent did (runs in *-seedcell)",
+    )
+    parser.add_argument(
         "--first-finished",
         action="store_true",
         help="also evaluate the finished runs under the seed's evaluate.py protocol (biased to short ones)",
@@ -255,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f"-bptt{args.bptt_length}" if args.bptt_length else "")
             + (f"-{args.memory}" if args.memory else "")
             + ("-torchac" if args.torch_ac_losses else "")
+            + ("-seedcell" if args.seed_cell_state else "")
         )
     )
     if args.torch_ac_losses and args.algo != "ppo":
@@ -266,10 +306,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"--bptt-length must be 0 (whole sequences) or a positive number of steps, got {args.bptt_length}"
         )
+    if args.only_seed is not None and not 1 <= args.only_seed <= args.seeds:
+        parser.error(f"--only-seed must be one of the seeds 1..{args.seeds}, got {args.only_seed}")
     selected = [variant for variant in args.variants.split(",") if variant]
     unknown = sorted(set(selected) - set(RUN_NAMES.values()))
     if unknown:
         parser.error(f"unknown variants {unknown}; choose among {sorted(RUN_NAMES.values())}")
+    if FEED_FORWARD in selected and args.algo != "ppo":
+        parser.error(f"the {FEED_FORWARD} variant is PPO's (zoo/ppo.yml): drop it or use --algo ppo")
+    without_rim = sorted(set(selected) & {"lstm", FEED_FORWARD})
+    if args.seed_cell_state and without_rim:
+        parser.error(f"--seed-cell-state changes the RIM's cell state; {without_rim} have no RIM: drop them")
+    if FEED_FORWARD in selected and (args.memory or args.torch_ac_losses):
+        parser.error(
+            f"the {FEED_FORWARD} variant has no memory and keeps zoo/ppo.yml's losses: run it without "
+            "--separate-memories, --single-memory and --torch-ac-losses"
+        )
     table: dict[str, list[list[dict[str, Any]]]] = {}
     finished_runs: dict[str, list[Path]] = {}
     for label, variant in VARIANTS.items():
@@ -277,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         finished_runs[label] = []
         for seed in range(1, args.seeds + 1):
             run_dir = root / RUN_NAMES[label] / f"seed{seed}"
-            if RUN_NAMES[label] in selected:
+            if RUN_NAMES[label] in selected and args.only_seed in (None, seed):
                 begin = time.perf_counter()
                 run_one(args, variant, seed, run_dir)
                 print(
@@ -322,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         {"task": args.task, "algo": args.algo, "timesteps": args.timesteps, "episodes": args.episodes,
          "deterministic": args.deterministic, "bptt_length": args.bptt_length or None,
          "memory": args.memory or "zoo", "torch_ac_losses": args.torch_ac_losses,
+         "seed_cell_state": args.seed_cell_state,
          "summary": summary, "first_finished": first_finished},
     )  # fmt: skip
     print(f"\nwrote {summary_file}")

@@ -41,6 +41,7 @@ from structrl.data.demos import DemoConfig, generate_demos
 from structrl.data.episode_store import EpisodeReader
 from structrl.data.splits import DemoSplit, split_demo_store
 from structrl.policies.goal_mask import ImageComponentsToMask
+from structrl.policies.grounding import grounding_accuracy
 
 #: 3 demonstrations per goal: 2 to train on, the last one of each ID goal for ID validation (24 frames), the
 #: first 2 of each held-out goal for OOD validation (24 frames).
@@ -283,6 +284,10 @@ def test_the_best_weights_and_the_run_directory(
         assert metrics["soft_f1"] == pytest.approx(best[f"{which}_soft_f1"])
     interaction, name = load_interaction_model(run)
     assert name == "factored-attention" and th.equal(interaction.words, model.interaction.words)
+    with th.no_grad():
+        similarity = interaction.similarity_matrix().numpy()
+    assert best["grounding_accuracy"] == grounding_accuracy(similarity)
+    assert all(0.0 <= record["grounding_accuracy"] <= 1.0 for record in history)
     checkpoint = read_discriminator_checkpoint(run)
     assert checkpoint is not None and checkpoint["finished"] and checkpoint["step"] == 100
 
@@ -367,6 +372,7 @@ def test_discriminator_command(store: Path, tmp_path: Path, capsys: pytest.Captu
     assert args.run(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("step 3: ID soft F1") and lines[0].endswith("(best)")
+    assert "grounding" not in lines[0]  # only factored attention has a word x attribute matrix
     assert lines[-1].startswith("trained on 48 episodes for 6 steps")
     args = compgen_parser().parse_args(["discriminator", "--resume", str(out), "--seed", "2"])
     with pytest.raises(

@@ -339,6 +339,24 @@ def test_rim_equals_stepping_its_cells(rnn_cell: str) -> None:
                 assert rim.last_masks is not None and torch.equal(rim.last_masks[t, direction], mask)
 
 
+def test_seed_compatible_cell_state_is_rebuilt_from_the_hidden_state() -> None:
+    torch.manual_seed(0)
+    steps, batch, units, size = 5, 2, 3, 4
+    rim = RIM(6, size, units, 2, carry_cell_state=False, **RIM_KWARGS).eval()
+    x = torch.randn(steps, batch, 6)
+    h0 = torch.randn(1, batch, units * size)
+    with torch.no_grad():
+        output, (h_n, c_n) = rim(x, (h0, torch.randn(1, batch, units * size)))
+        hs = h0.reshape(batch, units, size)
+        for t in range(steps):  # the seed's glue: c_{t-1} := h_{t-1} before every step
+            hs, cs, _ = rim.cells[0](x[t], hs, hs.clone())
+            assert torch.equal(output[t], hs.reshape(batch, -1))
+        assert torch.equal(h_n[0], hs.reshape(batch, -1)) and torch.equal(c_n[0], cs.reshape(batch, -1))
+        rim.carry_cell_state = True
+        carried, _ = rim(x, (h0, torch.zeros(1, batch, units * size)))
+    assert not torch.allclose(carried[1:], output[1:])
+
+
 @pytest.mark.parametrize("rnn_cell", ["LSTM", "GRU"])
 def test_episode_starts_equal_separate_sequences(rnn_cell: str) -> None:
     torch.manual_seed(0)

@@ -30,15 +30,17 @@ logits on the target frame and mission, ``m_src``, ``m_tgt`` the masks of
 **Validation** (:func:`goal_map_metrics`): the goal logits of the first frame of every ID and OOD validation
 episode against its target mask (the cells holding a matching object): ``vtarget`` (BCE with
 ``pos_weight = H * W``), soft precision ``mean_b sum q t / sum q``, soft recall ``mean_b sum q t / sum t`` and
-soft F1 ``2PR / (P + R)`` of the batch means, ``q = sigmoid(logits)``.
+soft F1 ``2PR / (P + R)`` of the batch means, ``q = sigmoid(logits)``. For factored attention the record
+also holds ``grounding_accuracy`` (:func:`~structrl.policies.grounding.grounding_accuracy`: the fraction of
+colour and object-type words whose most similar attribute is the one they name).
 
 **A run directory** (:func:`train_discriminator`) holds ``config.yml``, ``best_discriminator.pt`` (the
 weights with the best ID soft F1, written at each improvement), ``discriminator.pt`` (the final weights, or
 the current ones after Ctrl-C), ``checkpoint.pt`` (everything needed to continue, every
 ``checkpoint_every`` steps and at the end), ``summary.json`` and ``tensorboard/`` (``train/bce``,
-``train/timg``, ``train/me``, ``train/l1c``, ``train/l1c_weight``, ``train/loss`` and
-``eval/{id,ood}_vtarget``, ``..._vsprec``, ``..._vsrecall``, ``..._vsf1``). Every file is written
-atomically. The batch of step ``s`` is drawn from ``numpy.random.default_rng([seed, s])``, so
+``train/timg``, ``train/me``, ``train/l1c``, ``train/l1c_weight``, ``train/loss``,
+``eval/{id,ood}_vtarget``, ``..._vsprec``, ``..._vsrecall``, ``..._vsf1`` and ``eval/grounding``). Every file
+is written atomically. The batch of step ``s`` is drawn from ``numpy.random.default_rng([seed, s])``, so
 :func:`resume_discriminator` continues an interrupted run to the same weights as an uninterrupted one (with
 the same number of torch threads).
 :func:`load_interaction_model` gives the trained interaction model to the MVProp planner
@@ -92,8 +94,9 @@ from structrl.data.episode_store import (
 )
 from structrl.data.splits import ID_VALID_PER_GOAL, OOD_VALID_PER_GOAL, VALIDATION_SETS, DemoSplit
 from structrl.envs.babyai import GOTO_LOCAL_VOCABULARY
-from structrl.policies.factored_attention import EMBEDDING_DIM, FACTOR_SIZES
+from structrl.policies.factored_attention import EMBEDDING_DIM, FACTOR_SIZES, FactoredAttention
 from structrl.policies.goal_mask import ImageComponentsToMask, mask_entropy
+from structrl.policies.grounding import grounding_accuracy
 from structrl.policies.mvprop import INTERACTION_MODELS, InteractionModel, build_interaction_model
 
 BEST_FILE = "best_discriminator.pt"
@@ -850,6 +853,14 @@ class _Run:
             for name, value in metrics.items():
                 record[f"{which}_{name}"] = value
                 writer.add_scalar(f"eval/{which}_{short[name]}", value, self.step)
+        interaction = self.model.interaction
+        if isinstance(interaction, FactoredAttention) and interaction.words.shape[0] == len(
+            GOTO_LOCAL_VOCABULARY
+        ):
+            with th.no_grad():
+                similarity = interaction.similarity_matrix().cpu().numpy()
+            record["grounding_accuracy"] = grounding_accuracy(similarity)
+            writer.add_scalar("eval/grounding", record["grounding_accuracy"], self.step)
         self.progress.add(
             record,
             lambda: cpu_state_dict(self.model),

@@ -247,9 +247,12 @@ def run_discriminator(args: argparse.Namespace) -> int:
             return
         last_printed = record["step"]
         best = " (best)" if record["best"] else ""
+        grounding = (
+            f", grounding {record['grounding_accuracy']:.2f}" if "grounding_accuracy" in record else ""
+        )
         print(
             f"step {record['step']}: ID soft F1 {record['id_soft_f1']:.3f}, "
-            f"OOD soft F1 {record['ood_soft_f1']:.3f}{best}",
+            f"OOD soft F1 {record['ood_soft_f1']:.3f}{grounding}{best}",
             flush=True,
         )
 

@@ -9,6 +9,7 @@ from structrl.policies.factored_attention import (
     sparsity_penalty,
 )
 from structrl.policies.goal_mask import ImageComponentsToMask
+from structrl.policies.grounding import WordGrounding, attribute_labels, ground_words, grounding_accuracy
 from structrl.policies.language_baselines import (
     FiLMGRUExtractor,
     TransformerEncoderDecoderExtractor,
@@ -43,7 +44,11 @@ __all__ = [
     "SimpleAttentionExtractor",
     "SparsitySchedule",
     "TransformerEncoderDecoderExtractor",
+    "WordGrounding",
+    "attribute_labels",
     "compile_rim",
+    "ground_words",
+    "grounding_accuracy",
     "language_policy_kwargs",
     "sparsity_penalty",
 ]

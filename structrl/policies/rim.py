@@ -344,6 +344,10 @@ class RIM(nn.Module):
     :param num_layers: Number of stacked layers.
     :param bidirectional: Whether each layer also runs backward in time.
     :param batch_first: Whether inputs and outputs are ``(B, T, .)`` instead of ``(T, B, .)``.
+    :param carry_cell_state: LSTM units carry their cell state across steps (the default). ``False`` is a
+        compatibility flag reproducing the seed's MiniGrid agent, whose glue rebuilt the cell state from the
+        hidden state before every step (``c_{t-1} := h_{t-1}``), so the cell state never carried; use it only
+        to compare with the seed's results.
     :param cell_kwargs: Further :class:`RIMCell` arguments, used for every cell.
     """
 
@@ -357,10 +361,12 @@ class RIM(nn.Module):
         num_layers: int = 1,
         bidirectional: bool = False,
         batch_first: bool = False,
+        carry_cell_state: bool = True,
         **cell_kwargs,
     ) -> None:
         super().__init__()
         _check_positive(num_layers=num_layers)
+        self.carry_cell_state = carry_cell_state
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_units = num_units
@@ -442,6 +448,8 @@ class RIM(nn.Module):
                     if keep is not None:
                         h = h * keep[t]
                         c = None if c is None else c * keep[t]
+                    if c is not None and not self.carry_cell_state:
+                        c = h
                     h, c, mask = cell._step(inputs[t], h, c)
                     hs.append(h)
                     step_masks.append(mask)
