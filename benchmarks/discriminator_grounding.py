@@ -178,7 +178,7 @@ def plot(results: dict[str, Any], out: Path) -> Path:
         ax.set_yticks(range(len(words)), words)
         ax.set_title(
             f"L1 weight {entry['weight']:g}: grounding {entry['mean']['grounding_accuracy']:.2f}, "
-            f"ID soft F1 {entry['mean']['id_soft_f1']:.2f} ({len(entry['seeds'])} seeds)"
+            f"ID soft F1 {entry['mean']['id_soft_f1']:.2f} ({len(entry['seeds'])} seed(s))"
         )
         ax.set_xlabel("attribute (object type | colour); boxes: the attribute the word names")
         ax.set_ylabel("word")
