@@ -17,8 +17,8 @@ Writes to ``--out``:
   grounding accuracy, mean |cos| and every content word's nearest attribute;
 * ``discriminator_similarity.png``: the final matrices (mean over seeds), the named attributes boxed.
 
-The paper trained 200 000 steps of batch 1024 on a GPU. What a 2-core CPU affords (about 1 s per step of
-batch 128 with another run beside it)::
+The paper trained 200 000 steps of batch 1024 on a GPU. What a 2-core CPU affords (0.6-1.4 s per step of
+batch 128 with other runs beside it; the README's two seeds per weight took 30-68 min per run)::
 
     structrl demos --per-goal 70 --out demos70.h5
     python benchmarks/discriminator_grounding.py --dataset demos70.h5 --limit 50 --steps 3000 \
@@ -65,7 +65,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", default="benchmarks/results/discriminator", help="output folder")
     parser.add_argument("--runs-dir", help="folder of the run directories (default: OUT/runs)")
     parser.add_argument("--sparsity-weights", nargs="+", type=float, default=[0.0, 1.0])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--limit", type=int, help="training episodes per ID goal (default: all)")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=128)
