@@ -55,6 +55,7 @@ import numpy as np
 import torch as th
 from matplotlib.ticker import NullFormatter
 from rliable import metrics, plot_utils
+from similarity_heatmaps import plot_word_attribute_matrices
 
 from structrl.agents.behavior_cloning import (
     BEST_MODEL_FILE,
@@ -68,9 +69,8 @@ from structrl.agents.behavior_cloning import (
 from structrl.agents.evaluation import load_model, write_json
 from structrl.data.episode_store import EpisodeReader
 from structrl.data.splits import split_demo_store
-from structrl.envs.babyai import GOTO_LOCAL_VOCABULARY
 from structrl.policies.factored_attention import FactoredAttentionExtractor
-from structrl.policies.grounding import attribute_labels, grounding_accuracy
+from structrl.policies.grounding import grounding_accuracy
 
 try:  # rliable's bootstrap needs arch < 8, which breaks on pandas >= 3
     from rliable import library as rly
@@ -331,27 +331,13 @@ def similarity_summary(matrices: dict[str, np.ndarray]) -> dict[str, dict[str, f
 
 
 def plot_similarity_matrices(args: argparse.Namespace, matrices: dict[str, np.ndarray], out: Path) -> Path:
-    """One heat map of the mean over seeds per factored attention agent, cosines >= 0.2 written in."""
+    """One heat map of the mean over seeds per factored attention agent."""
     limit = max(args.limits)
-    words = list(GOTO_LOCAL_VOCABULARY)
-    attributes = attribute_labels()
-    figure, axes = plt.subplots(1, len(matrices), figsize=(8 * len(matrices), 7), squeeze=False)
-    for ax, (agent, seeds) in zip(axes[0], matrices.items(), strict=True):
-        matrix = seeds.mean(axis=0)
-        image = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
-        ax.set_xticks(range(len(attributes)), attributes, rotation=90)
-        ax.set_yticks(range(len(words)), words)
-        for row, column in zip(*np.nonzero(np.abs(matrix) >= 0.2), strict=True):
-            ax.text(column, row, f"{matrix[row, column]:.1f}", ha="center", va="center", fontsize=7)
-        ax.set_title(f"{AGENTS[agent].label}, {limit} demos/goal, mean of {len(args.seeds)} seeds")
-        ax.set_xlabel("attribute (object type | colour)")
-        ax.set_ylabel("word")
-        figure.colorbar(image, ax=ax, fraction=0.04, label="cos(word, attribute)")
-    figure.tight_layout()
-    path = out / "similarity_matrices.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    panels = {
+        f"{AGENTS[agent].label}, {limit} demos/goal, mean of {len(args.seeds)} seeds": seeds.mean(axis=0)
+        for agent, seeds in matrices.items()
+    }
+    return plot_word_attribute_matrices(panels, out / "similarity_matrices.png")
 
 
 def print_table(limits: list[int], results: dict[str, Any]) -> None:

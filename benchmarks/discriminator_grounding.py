@@ -34,13 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch as th
-from matplotlib.patches import Rectangle
+from similarity_heatmaps import plot_word_attribute_matrices
 
 from structrl.agents.evaluation import write_json
 from structrl.agents.goal_discriminator import (
@@ -53,8 +49,7 @@ from structrl.agents.goal_discriminator import (
     resume_discriminator,
     train_discriminator,
 )
-from structrl.envs.babyai import GOTO_LOCAL_VOCABULARY
-from structrl.policies.grounding import attribute_labels, ground_words, grounding_accuracy, named_attribute
+from structrl.policies.grounding import ground_words, grounding_accuracy
 
 
 def parse_args() -> argparse.Namespace:
@@ -161,33 +156,15 @@ def report(args: argparse.Namespace, runs: Path) -> dict[str, Any]:
 
 
 def plot(results: dict[str, Any], out: Path) -> Path:
-    """Heat maps of the mean final matrix per weight; the attribute each content word names is boxed."""
-    words = list(GOTO_LOCAL_VOCABULARY)
-    attributes = attribute_labels()
-    figure, axes = plt.subplots(1, len(results), figsize=(8 * len(results), 7), squeeze=False)
-    for ax, entry in zip(axes[0], results.values(), strict=True):
-        matrix = np.mean([np.array(seed["similarity"]) for seed in entry["seeds"]], axis=0)
-        image = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
-        for row, word in enumerate(words):
-            named = named_attribute(word)
-            if named is not None:
-                ax.add_patch(Rectangle((named - 0.5, row - 0.5), 1, 1, fill=False, lw=1.5, ec="black"))
-        for row, column in zip(*np.nonzero(np.abs(matrix) >= 0.2), strict=True):
-            ax.text(column, row, f"{matrix[row, column]:.1f}", ha="center", va="center", fontsize=7)
-        ax.set_xticks(range(len(attributes)), attributes, rotation=90)
-        ax.set_yticks(range(len(words)), words)
-        ax.set_title(
-            f"L1 weight {entry['weight']:g}: grounding {entry['mean']['grounding_accuracy']:.2f}, "
-            f"ID soft F1 {entry['mean']['id_soft_f1']:.2f} ({len(entry['seeds'])} seed(s))"
+    """Heat maps of the mean final matrix per weight."""
+    panels = {
+        f"L1 weight {entry['weight']:g}: grounding {entry['mean']['grounding_accuracy']:.2f}, "
+        f"ID soft F1 {entry['mean']['id_soft_f1']:.2f} ({len(entry['seeds'])} seed(s))": np.mean(
+            [np.array(seed["similarity"]) for seed in entry["seeds"]], axis=0
         )
-        ax.set_xlabel("attribute (object type | colour); boxes: the attribute the word names")
-        ax.set_ylabel("word")
-        figure.colorbar(image, ax=ax, fraction=0.04, label="cos(word, attribute)")
-    figure.tight_layout()
-    path = out / "discriminator_similarity.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+        for entry in results.values()
+    }
+    return plot_word_attribute_matrices(panels, out / "discriminator_similarity.png")
 
 
 def main() -> None:
