@@ -98,9 +98,13 @@ VARIANTS: dict[str, str | None] = {
 #: table label -> directory name of its runs
 RUN_NAMES: dict[str, str] = {label: variant or "rim-ka3" for label, variant in VARIANTS.items()}
 
-#: policy_kwargs of ``--seed-cell-state``: the seed's RIM glue, which rebuilt the cell state from the
-#: hidden state before every step (see :class:`structrl.policies.RIM`'s ``carry_cell_state``)
-SEED_CELL_STATE = "rim_kwargs=dict(carry_cell_state=False)"
+#: rim_kwargs of ``--seed-cell-state``: the seed's RIM glue, which rebuilt the cell state from the hidden
+#: state before every step (see :class:`structrl.policies.RIM`'s ``carry_cell_state``)
+SEED_CELL_STATE = "carry_cell_state=False"
+
+#: rim_kwargs of ``--seed-attention``: the seed's input attention (null key and value = the biases, units
+#: ranked by raw input score; see :class:`structrl.policies.RIMCell`'s ``seed_attention``)
+SEED_ATTENTION = "seed_attention=True"
 
 #: policy_kwargs of ``--separate-memories`` and ``--single-memory``: a memory each for actor and critic
 #: (sb3-contrib's default), or one memory that both losses train (the seed's torch_ac model)
@@ -150,9 +154,17 @@ def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: P
         if args.memory is not None:
             entry = config.hyperparams.get("policy_kwargs") or "dict()"
             config.hyperparams["policy_kwargs"] = f"dict({entry}, {MEMORY_LAYOUTS[args.memory]})"
-        if args.seed_cell_state:
+        rim_kwargs = [
+            kwargs
+            for kwargs, chosen in (
+                (SEED_CELL_STATE, args.seed_cell_state),
+                (SEED_ATTENTION, args.seed_attention),
+            )
+            if chosen
+        ]
+        if rim_kwargs:
             entry = config.hyperparams.get("policy_kwargs") or "dict()"
-            config.hyperparams["policy_kwargs"] = f"dict({entry}, {SEED_CELL_STATE})"
+            config.hyperparams["policy_kwargs"] = f"dict({entry}, rim_kwargs=dict({', '.join(rim_kwargs)}))"
         train(config, run_dir, threads=args.threads, progress_bar=args.progress)
     model = load_model(run_dir / MODEL_FILE)
     results = generalize(model, eval_envs, episodes=args.episodes, deterministic=args.deterministic)
@@ -274,6 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         "agent did (runs in *-seedcell)",
     )
     parser.add_argument(
+        "--seed-attention",
+        action="store_true",
+        help="RIM only: the seed's input attention (null key and value = the key/value biases, units ranked "
+        "by raw input score, no query bias; runs in *-seedattn)",
+    )
+    parser.add_argument(
         "--first-finished",
         action="store_true",
         help="also evaluate the finished runs under the seed's evaluate.py protocol (biased to short ones)",
@@ -295,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f"-{args.memory}" if args.memory else "")
             + ("-torchac" if args.torch_ac_losses else "")
             + ("-seedcell" if args.seed_cell_state else "")
+            + ("-seedattn" if args.seed_attention else "")
         )
     )
     if args.torch_ac_losses and args.algo != "ppo":
@@ -315,8 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     if FEED_FORWARD in selected and args.algo != "ppo":
         parser.error(f"the {FEED_FORWARD} variant is PPO's (zoo/ppo.yml): drop it or use --algo ppo")
     without_rim = sorted(set(selected) & {"lstm", FEED_FORWARD})
-    if args.seed_cell_state and without_rim:
-        parser.error(f"--seed-cell-state changes the RIM's cell state; {without_rim} have no RIM: drop them")
+    for flag, chosen in (
+        ("--seed-cell-state", args.seed_cell_state),
+        ("--seed-attention", args.seed_attention),
+    ):
+        if chosen and without_rim:
+            parser.error(f"{flag} changes the RIM; {without_rim} have no RIM: drop them")
     if FEED_FORWARD in selected and (args.memory or args.torch_ac_losses):
         parser.error(
             f"the {FEED_FORWARD} variant has no memory and keeps zoo/ppo.yml's losses: run it without "
@@ -374,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         {"task": args.task, "algo": args.algo, "timesteps": args.timesteps, "episodes": args.episodes,
          "deterministic": args.deterministic, "bptt_length": args.bptt_length or None,
          "memory": args.memory or "zoo", "torch_ac_losses": args.torch_ac_losses,
-         "seed_cell_state": args.seed_cell_state,
+         "seed_cell_state": args.seed_cell_state, "seed_attention": args.seed_attention,
          "summary": summary, "first_finished": first_finished},
     )  # fmt: skip
     print(f"\nwrote {summary_file}")

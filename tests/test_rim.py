@@ -71,15 +71,47 @@ def reference_input_attention(cell: RIMCell, x: Tensor, hs: Tensor) -> tuple[Ten
     return p_input, u
 
 
+def reference_seed_input_attention(cell: RIMCell, x: Tensor, hs: Tensor) -> tuple[Tensor, Tensor]:
+    """
+    The seed's input attention, per unit and head: the null key and value are the input projection's biases,
+    queries have no bias, and units rank by their raw score to the real input.
+
+    :return: the ranking scores ``(B, N)`` (mean raw input score over heads) and the attended inputs u
+        ``(B, N, heads * value_size)``.
+    """
+    batch, heads = x.shape[0], cell.num_input_heads
+    d_k, d_v = cell.input_key_size, cell.input_value_size
+    kv = x @ cell.weight_kv + cell.bias_kv
+    null = cell.bias_kv.expand(batch, -1)
+    keys = torch.stack([kv[:, : heads * d_k], null[:, : heads * d_k]], dim=1)
+    values = torch.stack([kv[:, heads * d_k :], null[:, heads * d_k :]], dim=1)
+    ranking = torch.zeros(batch, cell.num_units)
+    u = torch.empty(batch, cell.num_units, heads * d_v)
+    for n in range(cell.num_units):
+        query = hs[:, n] @ cell.weight_hh[n, :, : heads * d_k]
+        for a in range(heads):
+            head = slice(a * d_k, (a + 1) * d_k)
+            scores = (keys[:, :, head] @ query[:, head, None]).squeeze(-1) / math.sqrt(d_k)  # (B, 2)
+            ranking[:, n] += scores[:, 0] / heads
+            probs = torch.softmax(scores, dim=-1)
+            u[:, n, a * d_v : (a + 1) * d_v] = (
+                probs[:, :, None] * values[:, :, a * d_v : (a + 1) * d_v]
+            ).sum(1)
+    return ranking, u
+
+
 def reference_step(
     cell: RIMCell, x: Tensor, hs: Tensor, cs: Tensor | None
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """The cell's equations with a Python loop over units and heads, from slices of the cell's parameters."""
     size, queries = cell.hidden_size, cell.num_input_heads * cell.input_key_size
-    p_input, u = reference_input_attention(cell, x, hs)
-    p_null = 1.0 - p_input.mean(-1)
-    mask = torch.zeros_like(p_null, dtype=torch.bool)
-    mask.scatter_(1, p_null.argsort(dim=1)[:, : cell.k], True)
+    if cell.seed_attention:
+        ranking, u = reference_seed_input_attention(cell, x, hs)
+    else:
+        p_input, u = reference_input_attention(cell, x, hs)
+        ranking = p_input.mean(-1)
+    mask = torch.zeros_like(ranking, dtype=torch.bool)
+    mask.scatter_(1, ranking.argsort(dim=1, descending=True)[:, : cell.k], True)
     h_rnn, c_rnn = torch.empty_like(hs), torch.empty_like(hs)
     for n in range(cell.num_units):
         gi = u[:, n] @ cell.weight_ih[n] + cell.bias_ih[n, 0]
@@ -147,6 +179,50 @@ def test_cell_matches_per_unit_loop(rnn_cell: str, communication: bool, config: 
         assert c_new is None
 
 
+@pytest.mark.parametrize("rnn_cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("heads", [1, 2])
+def test_seed_attention_matches_per_unit_loop(rnn_cell: str, heads: int) -> None:
+    cell = make_cell(rnn_cell, num_units=5, k=3, num_input_heads=heads, seed_attention=True)
+    with torch.no_grad():  # non-zero biases and queries, so that the null token and the ranking matter
+        cell.bias_kv.normal_()
+        cell.weight_hh.normal_(0.0, 0.5)
+    x, hs, cs = cell_inputs(cell, batch=16)
+    with torch.no_grad():
+        h_new, c_new, mask = cell(x, hs, cs)
+        h_ref, c_ref, mask_ref = reference_step(cell, x, hs, cs)
+        # The paper's ranking of the same attention: least null attention, i.e. the largest score difference
+        # q . (x W_k + b_k) - q . b_k, summed over heads.
+        queries = cell.num_input_heads * cell.input_key_size
+        query = torch.einsum("bnh,nhq->bnq", hs, cell.weight_hh[..., :queries])
+        difference = (query * (x @ cell.weight_kv[:, :queries])[:, None]).sum(-1)
+    assert torch.equal(mask, mask_ref)
+    assert (h_new - h_ref).abs().max() < 1e-5
+    if rnn_cell == "LSTM":
+        assert c_new is not None and c_ref is not None and (c_new - c_ref).abs().max() < 1e-5
+    # The raw-score ranking picks other units than the least null attention would (rim.md bug 15).
+    paper = torch.zeros_like(mask).scatter_(1, difference.argsort(1, descending=True)[:, :3], True)
+    assert not torch.equal(mask, paper)
+
+
+def test_seed_attention_initialisation_and_unused_query_bias() -> None:
+    cell = RIMCell(64, 16, 4, 3, input_value_size=64, seed_attention=True)
+    queries = cell.input_key_size
+    assert torch.count_nonzero(cell.bias_kv) == 0 and torch.count_nonzero(cell.bias_hh[..., :queries]) == 0
+    assert 0.005 < cell.weight_hh[..., :queries].std() < 0.02
+    assert cell.weight_hh[..., queries:].abs().max() <= 0.25
+    x = torch.randn(8, 64)
+    hs, cs = torch.randn(8, 4, 16), torch.randn(8, 4, 16)
+    h_new, c_new, _ = cell(x, hs, cs)
+    (h_new.sum() + c_new.sum()).backward()
+    assert cell.bias_hh.grad is not None and torch.count_nonzero(cell.bias_hh.grad[..., :queries]) == 0
+    assert cell.bias_kv.grad is not None and cell.bias_kv.grad.abs().sum() > 0
+    # At the zero state every query is 0, so every score ties and every row activates the same units.
+    with torch.no_grad():
+        masks = cell(x, torch.zeros_like(hs), torch.zeros_like(cs))[2]
+    assert len({tuple(row.tolist()) for row in masks}) == 1
+    assert "seed_attention=True" in repr(cell)
+
+
 def test_broadcast_and_bmm_communication_agree() -> None:
     cell = make_cell(num_units=5, k=3, num_comm_heads=3)
     x, hs, cs = cell_inputs(cell, batch=9)
@@ -203,8 +279,11 @@ def test_all_active_cell_equals_torch_cells(rnn_cell: str, zero_queries: bool) -
 
 
 @pytest.mark.parametrize("rnn_cell", ["LSTM", "GRU"])
-def test_inactive_units_keep_state_and_get_no_gradient(rnn_cell: str) -> None:
-    cell = make_cell(rnn_cell, num_units=4, k=2, input_dropout=0.1, comm_dropout=0.1)
+@pytest.mark.parametrize("seed_attention", [False, True])
+def test_inactive_units_keep_state_and_get_no_gradient(rnn_cell: str, seed_attention: bool) -> None:
+    cell = make_cell(
+        rnn_cell, num_units=4, k=2, input_dropout=0.1, comm_dropout=0.1, seed_attention=seed_attention
+    )
     cell.train()
     x, hs, cs = cell_inputs(cell, batch=1)
     h_new, c_new, mask = cell(x, hs, cs)

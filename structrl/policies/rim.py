@@ -93,6 +93,14 @@ class RIMCell(nn.Module):
     :param num_comm_heads: Number of communication heads.
     :param comm_dropout: Dropout on the communication-attention probabilities.
     :param communication: Whether the units communicate after their update.
+    :param seed_attention: Compatibility flag reproducing the seed repository's input attention (the RIM
+        MiniGrid code; ``rim.md`` bugs 15 and 16), to compare with its results only: the null input's key and
+        value are the input projection's biases ``b_k`` and ``b_v`` instead of zero vectors, units are ranked
+        by their raw score to the real input ``q_n . (x W_k + b_k)`` instead of by null attention, queries
+        have no bias (at the zero state every score ties), an active unit's RNN input is
+        ``p_input * (x W_v + b_v) + p_null * b_v`` with dropout on both probabilities, and the input
+        attention starts as the seed's did (``b_k = b_v = 0``, query weights ``0.01 * N(0, 1)``). Heads stay
+        concatenated; everything after the input attention is unchanged.
     """
 
     def __init__(
@@ -113,6 +121,7 @@ class RIMCell(nn.Module):
         num_comm_heads: int = 4,
         comm_dropout: float = 0.1,
         communication: bool = True,
+        seed_attention: bool = False,
     ) -> None:
         super().__init__()
         if comm_value_size is None:
@@ -156,6 +165,7 @@ class RIMCell(nn.Module):
         self.num_comm_heads = num_comm_heads
         self.comm_dropout = comm_dropout
         self.communication = communication
+        self.seed_attention = seed_attention
         self.input_scale = 1.0 / math.sqrt(input_key_size)
         self.comm_scale = 1.0 / math.sqrt(comm_key_size)
         # Communication attention over few units is cheaper as broadcast products than as many tiny bmm calls;
@@ -186,6 +196,8 @@ class RIMCell(nn.Module):
         Uniform init: the key/value projection U(+-1/sqrt(input_size)) like ``nn.Linear``; query, RNN and
         communication Q/K/V parameters U(+-1/sqrt(H)) like ``nn.LSTMCell``; the communication output
         U(+-1/sqrt(num_comm_heads * comm_value_size)). LSTM units then add 1 to the forget-gate input bias.
+        With ``seed_attention``, the key/value biases and the (unused) query biases are zero and the query
+        weights ``0.01 * N(0, 1)``, as in the seed.
         """
         bound = 1.0 / math.sqrt(self.input_size)
         nn.init.uniform_(self.weight_kv, -bound, bound)
@@ -200,11 +212,18 @@ class RIMCell(nn.Module):
             nn.init.uniform_(self.comm_qkv, -bound, bound)
             bound = 1.0 / math.sqrt(self.num_comm_heads * self.comm_value_size)
             nn.init.uniform_(self.comm_out, -bound, bound)
+        if self.seed_attention:
+            query_width = self._hh_split[0]
+            with torch.no_grad():
+                self.bias_kv.zero_()
+                self.bias_hh[..., :query_width] = 0.0
+                self.weight_hh[..., :query_width].normal_(0.0, 0.01)
 
     def extra_repr(self) -> str:
         return (
             f"{self.input_size}, {self.hidden_size}, num_units={self.num_units}, k={self.k}, "
             f"rnn_cell={self.rnn_cell!r}, communication={self.communication}"
+            + (", seed_attention=True" if self.seed_attention else "")
         )
 
     def forward(
@@ -250,6 +269,8 @@ class RIMCell(nn.Module):
         units, batch = self.num_units, x.shape[0]
         heads, d_k, d_v = self.num_input_heads, self.input_key_size, self.input_value_size
         key, value = torch.addmm(self.bias_kv, x, self.weight_kv).split(self._kv_split, dim=-1)
+        if self.seed_attention:
+            return self._seed_step(x, h, c, key, value)
         query, gh = torch.baddbmm(self.bias_hh, h, self.weight_hh).split(self._hh_split, dim=-1)
 
         # Softmax over {input, null} with a zero null score = sigmoid of the input score; shape (N, B, heads).
@@ -260,8 +281,7 @@ class RIMCell(nn.Module):
             p_input = torch.sigmoid(scores * self.input_scale)
         # Rank by mean input attention over heads (= least mean null attention); ranking, mask (N, B, 1).
         ranking = p_input if heads == 1 else p_input.mean(-1, keepdim=True)
-        active = ranking.topk(self.k, dim=0).indices
-        mask = torch.zeros_like(ranking, dtype=torch.bool).scatter_(0, active, True)
+        mask = self._top_k_mask(ranking)
 
         if self.training and self.input_dropout > 0.0:
             p_input = F.dropout(p_input, self.input_dropout, training=True)
@@ -269,6 +289,52 @@ class RIMCell(nn.Module):
             u = p_input * value
         else:
             u = (p_input.unsqueeze(-1) * value.view(batch, heads, d_v)).view(units, batch, heads * d_v)
+        return self._update(u, h, c, gh, mask)
+
+    def _top_k_mask(self, ranking: Tensor) -> Tensor:
+        """:return: The mask ``(N, B, 1)`` of the ``k`` highest-ranked units of each batch row."""
+        active = ranking.topk(self.k, dim=0).indices
+        return torch.zeros_like(ranking, dtype=torch.bool).scatter_(0, active, True)
+
+    def _seed_step(
+        self, x: Tensor, h: Tensor, c: Tensor | None, key: Tensor, value: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """
+        :meth:`_step` with the seed's input attention (``seed_attention``): the null key and value are the
+        biases, units ranked by raw input score, queries without bias.
+        """
+        units, batch = self.num_units, x.shape[0]
+        heads, d_k, d_v = self.num_input_heads, self.input_key_size, self.input_value_size
+        query_width = self._hh_split[0]
+        query = torch.bmm(h, self.weight_hh[..., :query_width]).view(units, batch, heads, d_k)
+        gh = torch.baddbmm(self.bias_hh[..., query_width:], h, self.weight_hh[..., query_width:])
+        key_bias, value_bias = self.bias_kv.split(self._kv_split)
+        input_scores = (query * key.view(batch, heads, d_k)).sum(-1) * self.input_scale
+        null_scores = (query * key_bias.view(heads, d_k)).sum(-1) * self.input_scale
+        mask = self._top_k_mask(input_scores.mean(-1, keepdim=True))
+        p_input = torch.sigmoid(input_scores - null_scores)
+        p_null = 1.0 - p_input
+        if self.training and self.input_dropout > 0.0:
+            p_input = F.dropout(p_input, self.input_dropout, training=True)
+            p_null = F.dropout(p_null, self.input_dropout, training=True)
+        u = p_input.unsqueeze(-1) * value.view(batch, heads, d_v) + p_null.unsqueeze(-1) * value_bias.view(
+            heads, d_v
+        )
+        return self._update(u.view(units, batch, heads * d_v), h, c, gh, mask)
+
+    def _update(
+        self, u: Tensor, h: Tensor, c: Tensor | None, gh: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """
+        Update the active units and let them communicate.
+
+        :param u: Every unit's RNN input ``(N, B, num_input_heads * input_value_size)``.
+        :param h: Hidden states ``(N, B, H)``.
+        :param c: Cell states ``(N, B, H)`` of LSTM units, else None.
+        :param gh: The recurrent gate pre-activations ``(N, B, G * H)``.
+        :param mask: The active units ``(N, B, 1)``.
+        :return: The new ``h`` and ``c`` ``(N, B, H)`` and ``mask``.
+        """
         gi = torch.baddbmm(self.bias_ih, u, self.weight_ih)
         if c is None:
             h_rnn = self._gru(gi, gh, h)
