@@ -282,8 +282,12 @@ def test_algorithm_errors_are_config_errors(tmp_path: Path) -> None:
 
 
 def test_rim_a2c_beats_a_random_policy(tmp_path: Path) -> None:
-    """A RIM agent learns Empty-5x5 in a few seconds with the default A2C settings."""
-    config = build_config("a2c", ENV, policy="rim", n_timesteps=24_000, n_envs=8, seed=0)
+    """
+    A RIM agent learns Empty-5x5 in a few seconds with the default A2C settings. 24k steps were marginal on
+    some library builds (seed 0: mean length 44 against 86 untrained); with 32k, seeds 0-2 reach success 1.0
+    and mean lengths of 7-17.
+    """
+    config = build_config("a2c", ENV, policy="rim", n_timesteps=32_000, n_envs=8, seed=0)
     untrained = RecurrentA2C(RIMPolicy, make_minigrid_env(ENV), seed=0, **config.hyperparams)
     model = train(config, tmp_path, checkpoint_freq=0)
     before = evaluate(untrained, ENV, episodes=50, seed=11)
