@@ -270,7 +270,7 @@ class RIMCell(nn.Module):
         heads, d_k, d_v = self.num_input_heads, self.input_key_size, self.input_value_size
         key, value = torch.addmm(self.bias_kv, x, self.weight_kv).split(self._kv_split, dim=-1)
         if self.seed_attention:
-            return self._seed_step(x, h, c, key, value)
+            return self._seed_step(h, c, key, value)
         query, gh = torch.baddbmm(self.bias_hh, h, self.weight_hh).split(self._hh_split, dim=-1)
 
         # Softmax over {input, null} with a zero null score = sigmoid of the input score; shape (N, B, heads).
@@ -297,13 +297,16 @@ class RIMCell(nn.Module):
         return torch.zeros_like(ranking, dtype=torch.bool).scatter_(0, active, True)
 
     def _seed_step(
-        self, x: Tensor, h: Tensor, c: Tensor | None, key: Tensor, value: Tensor
+        self, h: Tensor, c: Tensor | None, key: Tensor, value: Tensor
     ) -> tuple[Tensor, Tensor | None, Tensor]:
         """
         :meth:`_step` with the seed's input attention (``seed_attention``): the null key and value are the
         biases, units ranked by raw input score, queries without bias.
+
+        :param key: The input's keys ``(B, num_input_heads * input_key_size)``, bias included.
+        :param value: The input's values ``(B, num_input_heads * input_value_size)``, bias included.
         """
-        units, batch = self.num_units, x.shape[0]
+        units, batch = self.num_units, key.shape[0]
         heads, d_k, d_v = self.num_input_heads, self.input_key_size, self.input_value_size
         query_width = self._hh_split[0]
         query = torch.bmm(h, self.weight_hh[..., :query_width]).view(units, batch, heads, d_k)
