@@ -32,6 +32,10 @@ with the seed's glue, which rebuilt each LSTM unit's cell state from its hidden 
 (``RIM(carry_cell_state=False)``; runs in ``...-seedcell``), to test whether that bug explains the seed's
 numbers.
 
+``--seed-dropout`` gives the RIM the seed's attention dropout (0.1 on both attentions; structrl's default is
+none) and keeps it on while the agent collects experience, as torch_ac never leaves train mode
+(:class:`structrl.callbacks.TrainModeRolloutsCallback`; runs in ``...-seeddrop``).
+
 ``--torch-ac-losses`` trains with the losses of the seed's torch_ac PPO instead of SB3's defaults: the value
 loss clipped with the policy's clip range (``clip_range_vf``; SB3 keeps only the clipped term where torch_ac
 takes the larger of the clipped and unclipped ones) and advantages left unnormalised
@@ -106,6 +110,10 @@ SEED_CELL_STATE = "carry_cell_state=False"
 #: ranked by raw input score; see :class:`structrl.policies.RIMCell`'s ``seed_attention``)
 SEED_ATTENTION = "seed_attention=True"
 
+#: rim_kwargs and callback of ``--seed-dropout``: the seed's attention dropout, on while acting as in torch_ac
+SEED_DROPOUT = "input_dropout=0.1, comm_dropout=0.1"
+TRAIN_MODE_ROLLOUTS = "structrl.callbacks.TrainModeRolloutsCallback"
+
 #: policy_kwargs of ``--separate-memories`` and ``--single-memory``: a memory each for actor and critic
 #: (sb3-contrib's default), or one memory that both losses train (the seed's torch_ac model)
 MEMORY_LAYOUTS = {
@@ -159,9 +167,12 @@ def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: P
             for kwargs, chosen in (
                 (SEED_CELL_STATE, args.seed_cell_state),
                 (SEED_ATTENTION, args.seed_attention),
+                (SEED_DROPOUT, args.seed_dropout),
             )
             if chosen
         ]
+        if args.seed_dropout:
+            config.callback = TRAIN_MODE_ROLLOUTS
         if rim_kwargs:
             entry = config.hyperparams.get("policy_kwargs") or "dict()"
             config.hyperparams["policy_kwargs"] = f"dict({entry}, rim_kwargs=dict({', '.join(rim_kwargs)}))"
@@ -292,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         "by raw input score, no query bias; runs in *-seedattn)",
     )
     parser.add_argument(
+        "--seed-dropout",
+        action="store_true",
+        help="RIM only: the seed's attention dropout of 0.1, on while collecting rollouts too, as torch_ac "
+        "(runs in *-seeddrop)",
+    )
+    parser.add_argument(
         "--first-finished",
         action="store_true",
         help="also evaluate the finished runs under the seed's evaluate.py protocol (biased to short ones)",
@@ -314,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             + ("-torchac" if args.torch_ac_losses else "")
             + ("-seedcell" if args.seed_cell_state else "")
             + ("-seedattn" if args.seed_attention else "")
+            + ("-seeddrop" if args.seed_dropout else "")
         )
     )
     if args.torch_ac_losses and args.algo != "ppo":
@@ -337,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag, chosen in (
         ("--seed-cell-state", args.seed_cell_state),
         ("--seed-attention", args.seed_attention),
+        ("--seed-dropout", args.seed_dropout),
     ):
         if chosen and without_rim:
             parser.error(f"{flag} changes the RIM; {without_rim} have no RIM: drop them")
@@ -398,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
          "deterministic": args.deterministic, "bptt_length": args.bptt_length or None,
          "memory": args.memory or "zoo", "torch_ac_losses": args.torch_ac_losses,
          "seed_cell_state": args.seed_cell_state, "seed_attention": args.seed_attention,
+         "seed_dropout": args.seed_dropout,
          "summary": summary, "first_finished": first_finished},
     )  # fmt: skip
     print(f"\nwrote {summary_file}")
