@@ -32,6 +32,8 @@ with the seed's glue, which rebuilt each LSTM unit's cell state from its hidden 
 (``RIM(carry_cell_state=False)``; runs in ``...-seedcell``), to test whether that bug explains the seed's
 numbers.
 
+``--seed-update`` gives the RIM the seed's unit update (``RIMCell(seed_update=True)``: no biases in the unit
+RNNs, communication reads the inactive units' zero-input updates; runs in ``...-seedupd``).
 ``--seed-dropout`` gives the RIM the seed's attention dropout (0.1 on both attentions; structrl's default is
 none) and keeps it on while the agent collects experience, as torch_ac never leaves train mode
 (:class:`structrl.callbacks.TrainModeRolloutsCallback`; runs in ``...-seeddrop``).
@@ -110,6 +112,10 @@ SEED_CELL_STATE = "carry_cell_state=False"
 #: ranked by raw input score; see :class:`structrl.policies.RIMCell`'s ``seed_attention``)
 SEED_ATTENTION = "seed_attention=True"
 
+#: rim_kwargs of ``--seed-update``: the seed's unit update (no RNN biases; communication reads the inactive
+#: units' zero-input updates; see :class:`structrl.policies.RIMCell`'s ``seed_update``)
+SEED_UPDATE = "seed_update=True"
+
 #: rim_kwargs and callback of ``--seed-dropout``: the seed's attention dropout, on while acting as in torch_ac
 SEED_DROPOUT = "input_dropout=0.1, comm_dropout=0.1"
 TRAIN_MODE_ROLLOUTS = "structrl.callbacks.TrainModeRolloutsCallback"
@@ -167,6 +173,7 @@ def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: P
             for kwargs, chosen in (
                 (SEED_CELL_STATE, args.seed_cell_state),
                 (SEED_ATTENTION, args.seed_attention),
+                (SEED_UPDATE, args.seed_update),
                 (SEED_DROPOUT, args.seed_dropout),
             )
             if chosen
@@ -303,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
         "by raw input score, no query bias; runs in *-seedattn)",
     )
     parser.add_argument(
+        "--seed-update",
+        action="store_true",
+        help="RIM only: the seed's unit update (no RNN biases, communication reads the inactive units' "
+        "zero-input updates; runs in *-seedupd)",
+    )
+    parser.add_argument(
         "--seed-dropout",
         action="store_true",
         help="RIM only: the seed's attention dropout of 0.1, on while collecting rollouts too, as torch_ac "
@@ -331,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             + ("-torchac" if args.torch_ac_losses else "")
             + ("-seedcell" if args.seed_cell_state else "")
             + ("-seedattn" if args.seed_attention else "")
+            + ("-seedupd" if args.seed_update else "")
             + ("-seeddrop" if args.seed_dropout else "")
         )
     )
@@ -355,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag, chosen in (
         ("--seed-cell-state", args.seed_cell_state),
         ("--seed-attention", args.seed_attention),
+        ("--seed-update", args.seed_update),
         ("--seed-dropout", args.seed_dropout),
     ):
         if chosen and without_rim:
@@ -417,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
          "deterministic": args.deterministic, "bptt_length": args.bptt_length or None,
          "memory": args.memory or "zoo", "torch_ac_losses": args.torch_ac_losses,
          "seed_cell_state": args.seed_cell_state, "seed_attention": args.seed_attention,
-         "seed_dropout": args.seed_dropout,
+         "seed_update": args.seed_update, "seed_dropout": args.seed_dropout,
          "summary": summary, "first_finished": first_finished},
     )  # fmt: skip
     print(f"\nwrote {summary_file}")

@@ -114,8 +114,12 @@ def reference_step(
     mask.scatter_(1, ranking.argsort(dim=1, descending=True)[:, : cell.k], True)
     h_rnn, c_rnn = torch.empty_like(hs), torch.empty_like(hs)
     for n in range(cell.num_units):
-        gi = u[:, n] @ cell.weight_ih[n] + cell.bias_ih[n, 0]
-        gh = hs[:, n] @ cell.weight_hh[n, :, queries:] + cell.bias_hh[n, 0, queries:]
+        if cell.seed_update:  # no biases; inactive units run on a zero input
+            gi = torch.where(mask[:, n, None], u[:, n], 0.0) @ cell.weight_ih[n]
+            gh = hs[:, n] @ cell.weight_hh[n, :, queries:]
+        else:
+            gi = u[:, n] @ cell.weight_ih[n] + cell.bias_ih[n, 0]
+            gh = hs[:, n] @ cell.weight_hh[n, :, queries:] + cell.bias_hh[n, 0, queries:]
         if cs is None:
             r = torch.sigmoid(gi[:, :size] + gh[:, :size])
             z = torch.sigmoid(gi[:, size : 2 * size] + gh[:, size : 2 * size])
@@ -125,8 +129,9 @@ def reference_step(
             i, f, g, o = (gi + gh).split(size, dim=-1)
             c_rnn[:, n] = torch.sigmoid(f) * cs[:, n] + torch.sigmoid(i) * torch.tanh(g)
             h_rnn[:, n] = torch.sigmoid(o) * torch.tanh(c_rnn[:, n])
-    states = torch.where(mask[..., None], h_rnn, hs)
-    h_new = states
+    # Communication reads the inactive units' carried states, or with seed_update their zero-input updates.
+    states = h_rnn if cell.seed_update else torch.where(mask[..., None], h_rnn, hs)
+    h_new = torch.where(mask[..., None], h_rnn, hs)
     if cell.communication:
         heads, d_c, d_v = cell.num_comm_heads, cell.comm_key_size, cell.comm_value_size
         width = 2 * d_c + d_v
@@ -223,6 +228,47 @@ def test_seed_attention_initialisation_and_unused_query_bias() -> None:
     assert "seed_attention=True" in repr(cell)
 
 
+@pytest.mark.parametrize("rnn_cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("communication", [True, False])
+@pytest.mark.parametrize("seed_attention", [False, True])
+def test_seed_update_matches_per_unit_loop(rnn_cell: str, communication: bool, seed_attention: bool) -> None:
+    cell = make_cell(
+        rnn_cell,
+        num_units=5,
+        k=3,
+        communication=communication,
+        seed_attention=seed_attention,
+        seed_update=True,
+    )
+    queries = cell.num_input_heads * cell.input_key_size
+    assert torch.count_nonzero(cell.bias_ih) == 0 and torch.count_nonzero(cell.bias_hh[..., queries:]) == 0
+    if communication:  # the seed's initialisation, then weights large enough for communication to matter
+        assert 0.005 < cell.comm_qkv.std() < 0.02 and 0.005 < cell.comm_out.std() < 0.02
+    with torch.no_grad():  # biases the update must ignore
+        cell.bias_ih.normal_()
+        cell.bias_hh.normal_()
+        if communication:
+            cell.comm_qkv.normal_(0.0, 0.5)
+            cell.comm_out.normal_(0.0, 0.5)
+    x, hs, cs = cell_inputs(cell, batch=16)
+    with torch.no_grad():
+        h_new, c_new, mask = cell(x, hs, cs)
+        h_ref, c_ref, mask_ref = reference_step(cell, x, hs, cs)
+        cell.seed_update = False
+        cell.bias_ih.zero_()
+        cell.bias_hh[..., queries:] = 0.0
+        h_carried = cell(x, hs, cs)[0]
+    assert torch.equal(mask, mask_ref)
+    assert (h_new - h_ref).abs().max() < 1e-5
+    if rnn_cell == "LSTM":
+        assert c_new is not None and c_ref is not None and (c_new - c_ref).abs().max() < 1e-5
+    # Without biases the two updates differ only in what communication reads from the inactive units.
+    if communication:
+        assert (h_new - h_carried).abs().max() > 1e-3
+    else:
+        assert (h_new - h_carried).abs().max() < 1e-6
+
+
 def test_broadcast_and_bmm_communication_agree() -> None:
     cell = make_cell(num_units=5, k=3, num_comm_heads=3)
     x, hs, cs = cell_inputs(cell, batch=9)
@@ -279,10 +325,21 @@ def test_all_active_cell_equals_torch_cells(rnn_cell: str, zero_queries: bool) -
 
 
 @pytest.mark.parametrize("rnn_cell", ["LSTM", "GRU"])
-@pytest.mark.parametrize("seed_attention", [False, True])
-def test_inactive_units_keep_state_and_get_no_gradient(rnn_cell: str, seed_attention: bool) -> None:
+@pytest.mark.parametrize(
+    "seed_attention, seed_update", [(False, False), (True, False), (False, True), (True, True)]
+)
+def test_inactive_units_keep_state_and_get_no_gradient(
+    rnn_cell: str, seed_attention: bool, seed_update: bool
+) -> None:
     cell = make_cell(
-        rnn_cell, num_units=4, k=2, input_dropout=0.1, comm_dropout=0.1, seed_attention=seed_attention
+        rnn_cell,
+        num_units=4,
+        k=2,
+        # no input dropout: it can zero an active unit's whole input, leaving its input weights no gradient
+        input_dropout=0.0,
+        comm_dropout=0.1,
+        seed_attention=seed_attention,
+        seed_update=seed_update,
     )
     cell.train()
     x, hs, cs = cell_inputs(cell, batch=1)
@@ -304,6 +361,9 @@ def test_inactive_units_keep_state_and_get_no_gradient(rnn_cell: str, seed_atten
         "bias_hh": cell.bias_hh.grad,
         "comm_out": cell.comm_out.grad,
     }
+    if seed_update:  # the unit RNNs have no biases
+        del grads["bias_ih"], grads["bias_hh"]
+        assert cell.bias_ih.grad is None
     for name, grad in grads.items():
         assert grad is not None
         for n in inactive:

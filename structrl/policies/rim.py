@@ -101,7 +101,15 @@ class RIMCell(nn.Module):
         ``p_input * (x W_v + b_v) + p_null * b_v`` with dropout on both probabilities, and the input
         attention starts as the seed's did (``b_k = b_v = 0``, query weights ``0.01 * N(0, 1)``). Heads stay
         concatenated; everything after the input attention is unchanged.
+    :param seed_update: Compatibility flag reproducing the seed repository's unit update (``rim.md`` bugs 18
+        and 20), to compare with its results only: the unit RNNs have no biases (so LSTM units have no
+        forget-gate bias), every unit's RNN runs, inactive units' on a zero input, and communication reads
+        the inactive units' zero-input-updated states (with no gradient through them) instead of their
+        carried states; the communication weights start at ``0.01 * N(0, 1)``, as the seed's (so at first
+        the units barely communicate). Inactive units still keep ``h`` and ``c`` unchanged.
     """
+
+    _hh_bias_mask: Tensor  # with seed_update: 1 over the query columns of bias_hh, 0 over the RNN's
 
     def __init__(
         self,
@@ -122,6 +130,7 @@ class RIMCell(nn.Module):
         comm_dropout: float = 0.1,
         communication: bool = True,
         seed_attention: bool = False,
+        seed_update: bool = False,
     ) -> None:
         super().__init__()
         if comm_value_size is None:
@@ -166,6 +175,7 @@ class RIMCell(nn.Module):
         self.comm_dropout = comm_dropout
         self.communication = communication
         self.seed_attention = seed_attention
+        self.seed_update = seed_update
         self.input_scale = 1.0 / math.sqrt(input_key_size)
         self.comm_scale = 1.0 / math.sqrt(comm_key_size)
         # Communication attention over few units is cheaper as broadcast products than as many tiny bmm calls;
@@ -183,6 +193,10 @@ class RIMCell(nn.Module):
         self.bias_hh = nn.Parameter(torch.empty(num_units, 1, query_width + gate_width))
         self.weight_ih = nn.Parameter(torch.empty(num_units, num_input_heads * input_value_size, gate_width))
         self.bias_ih = nn.Parameter(torch.empty(num_units, 1, gate_width))
+        if seed_update:  # the unit RNNs' biases stay zero: drop them from every step
+            gate_bias = torch.ones(1, 1, query_width + gate_width)
+            gate_bias[..., query_width:] = 0.0
+            self.register_buffer("_hh_bias_mask", gate_bias, persistent=False)
         if communication:
             qkv_width = num_comm_heads * (2 * comm_key_size + comm_value_size)
             self.comm_qkv = nn.Parameter(torch.empty(num_units, hidden_size, qkv_width))
@@ -197,7 +211,8 @@ class RIMCell(nn.Module):
         communication Q/K/V parameters U(+-1/sqrt(H)) like ``nn.LSTMCell``; the communication output
         U(+-1/sqrt(num_comm_heads * comm_value_size)). LSTM units then add 1 to the forget-gate input bias.
         With ``seed_attention``, the key/value biases and the (unused) query biases are zero and the query
-        weights ``0.01 * N(0, 1)``, as in the seed.
+        weights ``0.01 * N(0, 1)``, as in the seed; with ``seed_update``, the (unused) RNN biases are zero and
+        the communication weights ``0.01 * N(0, 1)``.
         """
         bound = 1.0 / math.sqrt(self.input_size)
         nn.init.uniform_(self.weight_kv, -bound, bound)
@@ -218,12 +233,20 @@ class RIMCell(nn.Module):
                 self.bias_kv.zero_()
                 self.bias_hh[..., :query_width] = 0.0
                 self.weight_hh[..., :query_width].normal_(0.0, 0.01)
+        if self.seed_update:
+            with torch.no_grad():
+                self.bias_ih.zero_()
+                self.bias_hh[..., self._hh_split[0] :] = 0.0
+                if self.communication:
+                    self.comm_qkv.normal_(0.0, 0.01)
+                    self.comm_out.normal_(0.0, 0.01)
 
     def extra_repr(self) -> str:
         return (
             f"{self.input_size}, {self.hidden_size}, num_units={self.num_units}, k={self.k}, "
             f"rnn_cell={self.rnn_cell!r}, communication={self.communication}"
             + (", seed_attention=True" if self.seed_attention else "")
+            + (", seed_update=True" if self.seed_update else "")
         )
 
     def forward(
@@ -271,7 +294,8 @@ class RIMCell(nn.Module):
         key, value = torch.addmm(self.bias_kv, x, self.weight_kv).split(self._kv_split, dim=-1)
         if self.seed_attention:
             return self._seed_step(h, c, key, value)
-        query, gh = torch.baddbmm(self.bias_hh, h, self.weight_hh).split(self._hh_split, dim=-1)
+        bias_hh = self.bias_hh * self._hh_bias_mask if self.seed_update else self.bias_hh
+        query, gh = torch.baddbmm(bias_hh, h, self.weight_hh).split(self._hh_split, dim=-1)
 
         # Softmax over {input, null} with a zero null score = sigmoid of the input score; shape (N, B, heads).
         if heads == 1:
@@ -310,7 +334,12 @@ class RIMCell(nn.Module):
         heads, d_k, d_v = self.num_input_heads, self.input_key_size, self.input_value_size
         query_width = self._hh_split[0]
         query = torch.bmm(h, self.weight_hh[..., :query_width]).view(units, batch, heads, d_k)
-        gh = torch.baddbmm(self.bias_hh[..., query_width:], h, self.weight_hh[..., query_width:])
+        gate_weight = self.weight_hh[..., query_width:]
+        gh = (
+            torch.bmm(h, gate_weight)
+            if self.seed_update
+            else torch.baddbmm(self.bias_hh[..., query_width:], h, gate_weight)
+        )
         key_bias, value_bias = self.bias_kv.split(self._kv_split)
         input_scores = (query * key.view(batch, heads, d_k)).sum(-1) * self.input_scale
         null_scores = (query * key_bias.view(heads, d_k)).sum(-1) * self.input_scale
@@ -338,7 +367,10 @@ class RIMCell(nn.Module):
         :param mask: The active units ``(N, B, 1)``.
         :return: The new ``h`` and ``c`` ``(N, B, H)`` and ``mask``.
         """
-        gi = torch.baddbmm(self.bias_ih, u, self.weight_ih)
+        if self.seed_update:
+            gi = torch.bmm(u * mask, self.weight_ih)
+        else:
+            gi = torch.baddbmm(self.bias_ih, u, self.weight_ih)
         if c is None:
             h_rnn = self._gru(gi, gh, h)
         else:
@@ -347,7 +379,10 @@ class RIMCell(nn.Module):
 
         h_new = torch.where(mask, h_rnn, h)
         if self.communication:
-            h_new = torch.where(mask, self._communicate(h_new), h)
+            # Communication reads the inactive units' carried states, or with seed_update their zero-input
+            # updates (without gradient).
+            read = torch.where(mask, h_rnn, h_rnn.detach()) if self.seed_update else h_new
+            h_new = torch.where(mask, self._communicate(read), h)
         return h_new, c, mask
 
     @staticmethod
