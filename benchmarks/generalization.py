@@ -41,7 +41,10 @@ none) and keeps it on while the agent collects experience, as torch_ac never lea
 ``--torch-ac-losses`` trains with the losses of the seed's torch_ac PPO instead of SB3's defaults: the value
 loss clipped with the policy's clip range (``clip_range_vf``; SB3 keeps only the clipped term where torch_ac
 takes the larger of the clipped and unclipped ones) and advantages left unnormalised
-(``normalize_advantage=False``); its runs go to ``...-torchac``.
+(``normalize_advantage=False``); its runs go to ``...-torchac``. ``--torch-ac-init`` starts the network
+the seed's way instead of SB3's: PyTorch's default layer initialisation rather than orthogonal layers with a
+0.01-gain policy head (``ortho_init=False``, the nearest to the seed's row-normalised Gaussian layers), and
+Adam's epsilon at torch_ac's 1e-8 rather than SB3's 1e-5; its runs go to ``...-torchacinit``.
 """
 
 from __future__ import annotations
@@ -112,6 +115,9 @@ SEED_CELL_STATE = "carry_cell_state=False"
 #: ranked by raw input score; see :class:`structrl.policies.RIMCell`'s ``seed_attention``)
 SEED_ATTENTION = "seed_attention=True"
 
+#: policy_kwargs of ``--torch-ac-init``: PyTorch's default layer init and torch_ac's Adam epsilon
+TORCH_AC_INIT = "ortho_init=False, optimizer_kwargs=dict(eps=1e-8)"
+
 #: rim_kwargs of ``--seed-update``: the seed's unit update (no RNN biases; communication reads the inactive
 #: units' zero-input updates; see :class:`structrl.policies.RIMCell`'s ``seed_update``)
 SEED_UPDATE = "seed_update=True"
@@ -165,6 +171,9 @@ def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: P
         if args.torch_ac_losses:  # the value loss clipped like the policy, advantages unnormalised
             clip_range = config.hyperparams.get("clip_range", 0.2)
             config.hyperparams.update(normalize_advantage=False, clip_range_vf=clip_range)
+        if args.torch_ac_init:
+            entry = config.hyperparams.get("policy_kwargs") or "dict()"
+            config.hyperparams["policy_kwargs"] = f"dict({entry}, {TORCH_AC_INIT})"
         if args.memory is not None:
             entry = config.hyperparams.get("policy_kwargs") or "dict()"
             config.hyperparams["policy_kwargs"] = f"dict({entry}, {MEMORY_LAYOUTS[args.memory]})"
@@ -298,6 +307,12 @@ def main(argv: list[str] | None = None) -> int:
         help="clip the value loss and keep advantages unnormalised, as torch_ac (runs in *-torchac)",
     )
     parser.add_argument(
+        "--torch-ac-init",
+        action="store_true",
+        help="PyTorch's default layer init instead of SB3's orthogonal one, Adam eps 1e-8, as the seed "
+        "(runs in *-torchacinit)",
+    )
+    parser.add_argument(
         "--seed-cell-state",
         action="store_true",
         help="RIM only: rebuild the cell state from the hidden state before every step, as the seed's "
@@ -342,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f"-bptt{args.bptt_length}" if args.bptt_length else "")
             + (f"-{args.memory}" if args.memory else "")
             + ("-torchac" if args.torch_ac_losses else "")
+            + ("-torchacinit" if args.torch_ac_init else "")
             + ("-seedcell" if args.seed_cell_state else "")
             + ("-seedattn" if args.seed_attention else "")
             + ("-seedupd" if args.seed_update else "")
@@ -374,10 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if chosen and without_rim:
             parser.error(f"{flag} changes the RIM; {without_rim} have no RIM: drop them")
-    if FEED_FORWARD in selected and (args.memory or args.torch_ac_losses):
+    if FEED_FORWARD in selected and (args.memory or args.torch_ac_losses or args.torch_ac_init):
         parser.error(
-            f"the {FEED_FORWARD} variant has no memory and keeps zoo/ppo.yml's losses: run it without "
-            "--separate-memories, --single-memory and --torch-ac-losses"
+            f"the {FEED_FORWARD} variant has no memory and keeps zoo/ppo.yml's settings: run it without "
+            "--separate-memories, --single-memory, --torch-ac-losses and --torch-ac-init"
         )
     table: dict[str, list[list[dict[str, Any]]]] = {}
     finished_runs: dict[str, list[Path]] = {}
@@ -431,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         {"task": args.task, "algo": args.algo, "timesteps": args.timesteps, "episodes": args.episodes,
          "deterministic": args.deterministic, "bptt_length": args.bptt_length or None,
          "memory": args.memory or "zoo", "torch_ac_losses": args.torch_ac_losses,
+         "torch_ac_init": args.torch_ac_init,
          "seed_cell_state": args.seed_cell_state, "seed_attention": args.seed_attention,
          "seed_update": args.seed_update, "seed_dropout": args.seed_dropout,
          "summary": summary, "first_finished": first_finished},
