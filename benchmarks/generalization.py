@@ -187,8 +187,9 @@ def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: P
             )
             if chosen
         ]
-        if args.seed_dropout:
-            config.callback = TRAIN_MODE_ROLLOUTS
+        if args.seed_dropout:  # after the zoo entry's own callbacks, if it has any
+            zoo_callbacks = config.callback if isinstance(config.callback, list) else [config.callback]
+            config.callback = [*(entry for entry in zoo_callbacks if entry), TRAIN_MODE_ROLLOUTS]
         if rim_kwargs:
             entry = config.hyperparams.get("policy_kwargs") or "dict()"
             config.hyperparams["policy_kwargs"] = f"dict({entry}, rim_kwargs=dict({', '.join(rim_kwargs)}))"

@@ -182,7 +182,9 @@ def _learn(
     reset_num_timesteps: bool,
 ) -> BaseAlgorithm:
     """Train up to ``config.n_timesteps``; save the model (also on Ctrl-C, then re-raise) and the progress."""
-    all_callbacks = [*config.callbacks(), *callbacks]
+    # The zoo entry's callbacks run after the ones given in code (such as the CLI's generalisation
+    # evaluation), so that one which restores state after evaluations (TrainModeRolloutsCallback) comes last.
+    all_callbacks = [*callbacks, *config.callbacks()]
     if checkpoint_freq > 0:
         all_callbacks.append(
             CheckpointCallback(
