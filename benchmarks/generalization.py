@@ -44,7 +44,8 @@ takes the larger of the clipped and unclipped ones) and advantages left unnormal
 (``normalize_advantage=False``); its runs go to ``...-torchac``. ``--torch-ac-init`` starts the network
 the seed's way instead of SB3's: PyTorch's default layer initialisation rather than orthogonal layers with a
 0.01-gain policy head (``ortho_init=False``, the nearest to the seed's row-normalised Gaussian layers), and
-Adam's epsilon at torch_ac's 1e-8 rather than SB3's 1e-5; its runs go to ``...-torchacinit``.
+the optimiser's epsilon at torch_ac's 1e-8 rather than the zoo's 1e-5 (the entry's other optimiser settings
+are kept); its runs go to ``...-torchacinit``.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from structrl.agents.config import build_config
+from structrl.agents.config import build_config, eval_policy_kwargs
 from structrl.agents.evaluation import evaluate_first_finished, generalize, load_model, write_json
 from structrl.agents.training import CHECKPOINT_DIR, MODEL_FILE, read_progress, resume, train
 
@@ -115,8 +116,8 @@ SEED_CELL_STATE = "carry_cell_state=False"
 #: ranked by raw input score; see :class:`structrl.policies.RIMCell`'s ``seed_attention``)
 SEED_ATTENTION = "seed_attention=True"
 
-#: policy_kwargs of ``--torch-ac-init``: PyTorch's default layer init and torch_ac's Adam epsilon
-TORCH_AC_INIT = "ortho_init=False, optimizer_kwargs=dict(eps=1e-8)"
+#: ``--torch-ac-init``: torch_ac's optimiser epsilon (Adam for PPO, RMSprop for A2C)
+TORCH_AC_EPS = 1e-8
 
 #: rim_kwargs of ``--seed-update``: the seed's unit update (no RNN biases; communication reads the inactive
 #: units' zero-input updates; see :class:`structrl.policies.RIMCell`'s ``seed_update``)
@@ -171,9 +172,12 @@ def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: P
         if args.torch_ac_losses:  # the value loss clipped like the policy, advantages unnormalised
             clip_range = config.hyperparams.get("clip_range", 0.2)
             config.hyperparams.update(normalize_advantage=False, clip_range_vf=clip_range)
-        if args.torch_ac_init:
+        if args.torch_ac_init:  # PyTorch's default layer init; the entry's optimiser settings but eps
             entry = config.hyperparams.get("policy_kwargs") or "dict()"
-            config.hyperparams["policy_kwargs"] = f"dict({entry}, {TORCH_AC_INIT})"
+            optimizer_kwargs = {**eval_policy_kwargs(entry).get("optimizer_kwargs", {}), "eps": TORCH_AC_EPS}
+            config.hyperparams["policy_kwargs"] = (
+                f"dict({entry}, ortho_init=False, optimizer_kwargs={optimizer_kwargs!r})"
+            )
         if args.memory is not None:
             entry = config.hyperparams.get("policy_kwargs") or "dict()"
             config.hyperparams["policy_kwargs"] = f"dict({entry}, {MEMORY_LAYOUTS[args.memory]})"
@@ -310,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--torch-ac-init",
         action="store_true",
-        help="PyTorch's default layer init instead of SB3's orthogonal one, Adam eps 1e-8, as the seed "
+        help="PyTorch's default layer init instead of SB3's orthogonal one, optimiser eps 1e-8, as the seed "
         "(runs in *-torchacinit)",
     )
     parser.add_argument(
