@@ -45,7 +45,10 @@ takes the larger of the clipped and unclipped ones) and advantages left unnormal
 the seed's way instead of SB3's: PyTorch's default layer initialisation rather than orthogonal layers with a
 0.01-gain policy head (``ortho_init=False``, the nearest to the seed's row-normalised Gaussian layers), and
 the optimiser's epsilon at torch_ac's 1e-8 rather than the zoo's 1e-5 (the entry's other optimiser settings
-are kept); its runs go to ``...-torchacinit``.
+are kept); its runs go to ``...-torchacinit``. ``--torch-ac-update`` trains with torch_ac's whole PPO update
+(``RecurrentPPO(update_rule="torch_ac")``: chunks of ``--bptt-length`` steps with every other epoch shifted
+by half a chunk, memories refreshed during the update, the larger of the unclipped and clipped value losses,
+advantages unnormalised); it includes ``--torch-ac-losses``, and its runs go to ``...-torchacupd``.
 """
 
 from __future__ import annotations
@@ -169,6 +172,8 @@ def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: P
             seed=seed,
             params={"bptt_length": args.bptt_length} if args.bptt_length else None,
         )
+        if args.torch_ac_update:
+            config.hyperparams["update_rule"] = "torch_ac"
         if args.torch_ac_losses:  # the value loss clipped like the policy, advantages unnormalised
             clip_range = config.hyperparams.get("clip_range", 0.2)
             config.hyperparams.update(normalize_advantage=False, clip_range_vf=clip_range)
@@ -312,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         help="clip the value loss and keep advantages unnormalised, as torch_ac (runs in *-torchac)",
     )
     parser.add_argument(
+        "--torch-ac-update",
+        action="store_true",
+        help="torch_ac's PPO update: shifted chunks, refreshed memories, its value loss, unnormalised "
+        "advantages (runs in *-torchacupd)",
+    )
+    parser.add_argument(
         "--torch-ac-init",
         action="store_true",
         help="PyTorch's default layer init instead of SB3's orthogonal one, optimiser eps 1e-8, as the seed "
@@ -362,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f"-bptt{args.bptt_length}" if args.bptt_length else "")
             + (f"-{args.memory}" if args.memory else "")
             + ("-torchac" if args.torch_ac_losses else "")
+            + ("-torchacupd" if args.torch_ac_update else "")
             + ("-torchacinit" if args.torch_ac_init else "")
             + ("-seedcell" if args.seed_cell_state else "")
             + ("-seedattn" if args.seed_attention else "")
@@ -373,6 +385,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             "--torch-ac-losses changes PPO's losses; A2C already keeps advantages unnormalised and its "
             "single gradient step never clips the value loss: drop the flag or use --algo ppo"
+        )
+    if args.torch_ac_update and (
+        args.algo != "ppo" or args.torch_ac_losses or not args.bptt_length or args.memory == "separate"
+    ):
+        parser.error(
+            "--torch-ac-update is torch_ac's PPO update, its losses included, on chunks of --bptt-length "
+            "steps of one memory: use it with --algo ppo and a positive --bptt-length, without "
+            "--torch-ac-losses and --separate-memories"
         )
     if args.bptt_length < 0:
         parser.error(
@@ -395,10 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if chosen and without_rim:
             parser.error(f"{flag} changes the RIM; {without_rim} have no RIM: drop them")
-    if FEED_FORWARD in selected and (args.memory or args.torch_ac_losses or args.torch_ac_init):
+    if FEED_FORWARD in selected and (
+        args.memory or args.torch_ac_losses or args.torch_ac_update or args.torch_ac_init
+    ):
         parser.error(
             f"the {FEED_FORWARD} variant has no memory and keeps zoo/ppo.yml's settings: run it without "
-            "--separate-memories, --single-memory, --torch-ac-losses and --torch-ac-init"
+            "--separate-memories, --single-memory, --torch-ac-losses, --torch-ac-update and --torch-ac-init"
         )
     table: dict[str, list[list[dict[str, Any]]]] = {}
     finished_runs: dict[str, list[Path]] = {}
@@ -452,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         {"task": args.task, "algo": args.algo, "timesteps": args.timesteps, "episodes": args.episodes,
          "deterministic": args.deterministic, "bptt_length": args.bptt_length or None,
          "memory": args.memory or "zoo", "torch_ac_losses": args.torch_ac_losses,
-         "torch_ac_init": args.torch_ac_init,
+         "torch_ac_update": args.torch_ac_update, "torch_ac_init": args.torch_ac_init,
          "seed_cell_state": args.seed_cell_state, "seed_attention": args.seed_attention,
          "seed_update": args.seed_update, "seed_dropout": args.seed_dropout,
          "summary": summary, "first_finished": first_finished},

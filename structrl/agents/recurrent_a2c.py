@@ -63,6 +63,11 @@ class RecurrentA2C(RecurrentPPO):
             raise ValueError(
                 f"RecurrentA2C makes one pass over each rollout: n_epochs must be 1, got {n_epochs}"
             )
+        if kwargs.get("update_rule", "sb3") != "sb3":
+            raise ValueError(
+                f"RecurrentA2C makes A2C's update; update_rule={kwargs['update_rule']!r} is a PPO update: "
+                "leave update_rule out or train with RecurrentPPO"
+            )
         policy_kwargs = dict(policy_kwargs or {})
         if use_rms_prop and "optimizer_class" not in policy_kwargs:
             policy_kwargs["optimizer_class"] = th.optim.RMSprop

@@ -58,15 +58,41 @@ class SharedMemoryRecurrentPolicy(RecurrentActorCriticPolicy):
         """
         if not self.shared_memory_value_gradient:
             return super().evaluate_actions(obs, actions, lstm_states, episode_starts)
+        h, c = lstm_states.pi
+        values, log_prob, entropy, _ = self.evaluate_sequence(obs, actions, (h, c), episode_starts)
+        return values, log_prob, entropy
+
+    def evaluate_sequence(
+        self,
+        obs: th.Tensor,
+        actions: th.Tensor,
+        memory_states: tuple[th.Tensor, th.Tensor],
+        episode_starts: th.Tensor,
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor, tuple[th.Tensor, th.Tensor]]:
+        """
+        Evaluate actions through the memory that actor and critic share, and return the memory's last state.
+
+        :param obs: Observations ``(T * n_seq, ...)``, sequence by sequence.
+        :param actions: Actions taken.
+        :param memory_states: The shared memory's ``(h, c)`` at the start of each sequence, each
+            ``(n_layers, n_seq, hidden)``.
+        :param episode_starts: Whether each observation starts an episode (the memory is reset there).
+        :return: Values, log-likelihoods of the actions, entropies of the action distributions, and the
+            memory's ``(h, c)`` after the last step of each sequence.
+        """
+        assert self.shared_memory_value_gradient, (
+            "evaluate_sequence runs the single memory of shared_memory_value_gradient=True: build the policy "
+            "with shared_lstm=True, enable_critic_lstm=False, shared_memory_value_gradient=True"
+        )
         features = self.extract_features(obs)
         assert isinstance(features, th.Tensor), "a shared memory needs a shared features extractor"
-        h, c = lstm_states.pi
-        memory, _ = self._process_sequence(features, (h, c), episode_starts, self.lstm_actor)
+        memory, states = self._process_sequence(features, memory_states, episode_starts, self.lstm_actor)
         distribution = self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(memory))
         values = self.value_net(self.mlp_extractor.forward_critic(memory))
         entropy = distribution.entropy()
         assert entropy is not None, "the action distribution has no closed-form entropy"
-        return values, distribution.log_prob(actions), entropy
+        h, c = states
+        return values, distribution.log_prob(actions), entropy, (h, c)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
