@@ -7,10 +7,14 @@ configuration alike).
 The ``bptt 32`` rows cut training sequences every 32 steps (``structrl.agents.RecurrentPPO(bptt_length=32)``,
 the seed's torch_ac ``recurrence``); the others train on sb3-contrib's whole sequences. ``shared`` rows have
 one memory for actor and critic, trained by both losses (``shared_memory_value_gradient=True``), as the zoo.
+The ``torch_ac update`` rows train with ``update_rule="torch_ac"`` (the seed's PPO update). ``--match TEXT``
+runs only the configurations whose name contains TEXT.
 
     python benchmarks/train_fps.py --timesteps 8192 --repeats 2 --json benchmarks/results/train_fps.json
     python benchmarks/train_fps.py --env MiniGrid-DoorKey-5x5-v0 --n-envs 16 --timesteps 16384 --repeats 1 \
         --json benchmarks/results/train_fps_doorkey.json
+    python benchmarks/train_fps.py --env MiniGrid-MultiRoom-N2-S4-v0 --n-envs 16 --timesteps 16384 \
+        --repeats 1 --match "shared, bptt 32" --json benchmarks/results/train_fps_update_rules.json
 """
 
 from __future__ import annotations
@@ -33,16 +37,36 @@ from structrl.policies import MiniGridLstmPolicy, RIMPolicy
 #: One memory for actor and critic, trained by both losses (the zoo's setting, the seed's torch_ac model).
 _SHARED = {"shared_lstm": True, "enable_critic_lstm": False, "shared_memory_value_gradient": True}
 
-#: name -> (policy class, policy kwargs, bptt_length)
-CONFIGS: dict[str, tuple[type, dict[str, Any], int | None]] = {
-    "RIM Kt=4x16 Ka=3 (actor+critic RIMs)": (RIMPolicy, {}, None),
-    "LSTM 64 (actor+critic LSTMs)": (MiniGridLstmPolicy, {}, None),
-    "RIM Kt=4x16 Ka=3 (shared)": (RIMPolicy, _SHARED, None),
-    "LSTM 64 (shared)": (MiniGridLstmPolicy, _SHARED, None),
-    "RIM Kt=4x16 Ka=3 (actor+critic RIMs, bptt 32)": (RIMPolicy, {}, 32),
-    "LSTM 64 (actor+critic LSTMs, bptt 32)": (MiniGridLstmPolicy, {}, 32),
-    "RIM Kt=4x16 Ka=3 (shared, bptt 32: the zoo's)": (RIMPolicy, _SHARED, 32),
-    "LSTM 64 (shared, bptt 32: the zoo's)": (MiniGridLstmPolicy, _SHARED, 32),
+#: name -> (policy class, policy kwargs, bptt_length, update_rule)
+CONFIGS: dict[str, tuple[type, dict[str, Any], int | None, str]] = {
+    "RIM Kt=4x16 Ka=3 (actor+critic RIMs)": (RIMPolicy, {}, None, "sb3"),
+    "LSTM 64 (actor+critic LSTMs)": (MiniGridLstmPolicy, {}, None, "sb3"),
+    "RIM Kt=4x16 Ka=3 (shared)": (RIMPolicy, _SHARED, None, "sb3"),
+    "LSTM 64 (shared)": (MiniGridLstmPolicy, _SHARED, None, "sb3"),
+    "RIM Kt=4x16 Ka=3 (actor+critic RIMs, bptt 32)": (RIMPolicy, {}, 32, "sb3"),
+    "LSTM 64 (actor+critic LSTMs, bptt 32)": (MiniGridLstmPolicy, {}, 32, "sb3"),
+    "RIM Kt=4x16 Ka=3 (shared, bptt 32: the zoo's)": (RIMPolicy, _SHARED, 32, "sb3"),
+    "LSTM 64 (shared, bptt 32: the zoo's)": (MiniGridLstmPolicy, _SHARED, 32, "sb3"),
+    "RIM Kt=4x16 Ka=3 (shared, bptt 32, torch_ac update)": (RIMPolicy, _SHARED, 32, "torch_ac"),
+    "LSTM 64 (shared, bptt 32, torch_ac update)": (MiniGridLstmPolicy, _SHARED, 32, "torch_ac"),
+}
+
+#: ratio name -> (RIM configuration, LSTM configuration)
+RATIOS = {
+    "separate": ("RIM Kt=4x16 Ka=3 (actor+critic RIMs)", "LSTM 64 (actor+critic LSTMs)"),
+    "shared": ("RIM Kt=4x16 Ka=3 (shared)", "LSTM 64 (shared)"),
+    "separate, bptt 32": (
+        "RIM Kt=4x16 Ka=3 (actor+critic RIMs, bptt 32)",
+        "LSTM 64 (actor+critic LSTMs, bptt 32)",
+    ),
+    "shared, bptt 32 (zoo)": (
+        "RIM Kt=4x16 Ka=3 (shared, bptt 32: the zoo's)",
+        "LSTM 64 (shared, bptt 32: the zoo's)",
+    ),
+    "shared, bptt 32, torch_ac update": (
+        "RIM Kt=4x16 Ka=3 (shared, bptt 32, torch_ac update)",
+        "LSTM 64 (shared, bptt 32, torch_ac update)",
+    ),
 }
 
 
@@ -68,6 +92,7 @@ def run(
     policy: type,
     policy_kwargs: dict[str, Any],
     bptt_length: int | None,
+    update_rule: str,
     env_id: str,
     timesteps: int,
     n_envs: int,
@@ -81,6 +106,7 @@ def run(
         batch_size=256,
         n_epochs=4,
         bptt_length=bptt_length,
+        update_rule=update_rule,
         policy_kwargs=policy_kwargs,
         seed=seed,
         device="cpu",
@@ -108,13 +134,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/train_fps.json"))
+    parser.add_argument("--match", default="", help="run only the configurations whose name contains this")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    configs = {name: config for name, config in CONFIGS.items() if args.match in name}
+    if not configs:
+        parser.error(f"--match {args.match!r} selects no configuration; names: {', '.join(CONFIGS)}")
 
     best: dict[str, dict[str, float]] = {}
     for repeat in range(args.repeats):
-        for name, (policy, kwargs, bptt_length) in CONFIGS.items():
-            result = run(policy, kwargs, bptt_length, args.env, args.timesteps, args.n_envs, seed=repeat)
+        for name, (policy, kwargs, bptt_length, update_rule) in configs.items():
+            result = run(
+                policy, kwargs, bptt_length, update_rule, args.env, args.timesteps, args.n_envs, seed=repeat
+            )
             if name not in best or result["fps"] > best[name]["fps"]:
                 best[name] = result
 
@@ -127,13 +159,9 @@ def main() -> None:
             f"{result['train_seconds_per_update']:.2f} | {result['params']:.0f} |"
         )
     ratios = {
-        "separate": best["RIM Kt=4x16 Ka=3 (actor+critic RIMs)"]["fps"]
-        / best["LSTM 64 (actor+critic LSTMs)"]["fps"],
-        "shared": best["RIM Kt=4x16 Ka=3 (shared)"]["fps"] / best["LSTM 64 (shared)"]["fps"],
-        "separate, bptt 32": best["RIM Kt=4x16 Ka=3 (actor+critic RIMs, bptt 32)"]["fps"]
-        / best["LSTM 64 (actor+critic LSTMs, bptt 32)"]["fps"],
-        "shared, bptt 32 (zoo)": best["RIM Kt=4x16 Ka=3 (shared, bptt 32: the zoo's)"]["fps"]
-        / best["LSTM 64 (shared, bptt 32: the zoo's)"]["fps"],
+        name: best[rim]["fps"] / best[lstm]["fps"]
+        for name, (rim, lstm) in RATIOS.items()
+        if {rim, lstm} <= set(best)
     }
     print(
         "RIM/LSTM FPS ratio (target >= 0.6): "
