@@ -37,6 +37,9 @@ RNNs, communication reads the inactive units' zero-input updates; runs in ``...-
 ``--seed-dropout`` gives the RIM the seed's attention dropout (0.1 on both attentions; structrl's default is
 none) and keeps it on while the agent collects experience, as torch_ac never leaves train mode
 (:class:`structrl.callbacks.TrainModeRolloutsCallback`; runs in ``...-seeddrop``).
+``--seed-timeouts`` ends training episodes that hit MiniGrid's step limit as terminal, as the gym of early
+2020 did, so SB3 does not bootstrap them with the last observation's value
+(:class:`structrl.envs.TimeoutAsTermination`; any variant; runs in ``...-seedtimeout``).
 
 ``--torch-ac-losses`` trains with the losses of the seed's torch_ac PPO instead of SB3's defaults: the value
 loss clipped with the policy's clip range (``clip_range_vf``; SB3 keeps only the clipped term where torch_ac
@@ -130,6 +133,19 @@ SEED_UPDATE = "seed_update=True"
 SEED_DROPOUT = "input_dropout=0.1, comm_dropout=0.1"
 TRAIN_MODE_ROLLOUTS = "structrl.callbacks.TrainModeRolloutsCallback"
 
+#: env_wrapper added by ``--seed-timeouts``
+TIMEOUT_AS_TERMINATION = "structrl.envs.TimeoutAsTermination"
+
+
+def with_timeout_termination(env_wrapper: Any) -> list[Any]:
+    """
+    :param env_wrapper: a zoo entry's ``env_wrapper`` (rl_zoo3 format: ``None``, one wrapper or a list)
+    :return: the same wrappers, then :class:`structrl.envs.TimeoutAsTermination`
+    """
+    wrappers = [] if env_wrapper is None else env_wrapper if isinstance(env_wrapper, list) else [env_wrapper]
+    return [*wrappers, TIMEOUT_AS_TERMINATION]
+
+
 #: policy_kwargs of ``--separate-memories`` and ``--single-memory``: a memory each for actor and critic
 #: (sb3-contrib's default), or one memory that both losses train (the seed's torch_ac model)
 MEMORY_LAYOUTS = {
@@ -161,6 +177,8 @@ def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: P
         config = build_config(
             "ppo", train_env, hyperparams_file=FEED_FORWARD_ZOO, n_timesteps=args.timesteps, seed=seed
         )
+        if args.seed_timeouts:
+            config.env_wrapper = with_timeout_termination(config.env_wrapper)
         train(config, run_dir, threads=args.threads, progress_bar=args.progress)
     elif status != "finished":
         config = build_config(
@@ -174,6 +192,8 @@ def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: P
         )
         if args.torch_ac_update:
             config.hyperparams["update_rule"] = "torch_ac"
+        if args.seed_timeouts:
+            config.env_wrapper = with_timeout_termination(config.env_wrapper)
         if args.torch_ac_losses:  # the value loss clipped like the policy, advantages unnormalised
             clip_range = config.hyperparams.get("clip_range", 0.2)
             config.hyperparams.update(normalize_advantage=False, clip_range_vf=clip_range)
@@ -353,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
         "(runs in *-seeddrop)",
     )
     parser.add_argument(
+        "--seed-timeouts",
+        action="store_true",
+        help="training episodes cut by the step limit end as terminal, without SB3's value bootstrap, as in "
+        "the seed's gym (runs in *-seedtimeout)",
+    )
+    parser.add_argument(
         "--first-finished",
         action="store_true",
         help="also evaluate the finished runs under the seed's evaluate.py protocol (biased to short ones)",
@@ -379,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             + ("-seedattn" if args.seed_attention else "")
             + ("-seedupd" if args.seed_update else "")
             + ("-seeddrop" if args.seed_dropout else "")
+            + ("-seedtimeout" if args.seed_timeouts else "")
         )
     )
     if args.torch_ac_losses and args.algo != "ppo":
@@ -477,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
          "torch_ac_update": args.torch_ac_update, "torch_ac_init": args.torch_ac_init,
          "seed_cell_state": args.seed_cell_state, "seed_attention": args.seed_attention,
          "seed_update": args.seed_update, "seed_dropout": args.seed_dropout,
+         "seed_timeouts": args.seed_timeouts,
          "summary": summary, "first_finished": first_finished},
     )  # fmt: skip
     print(f"\nwrote {summary_file}")

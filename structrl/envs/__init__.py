@@ -5,6 +5,7 @@ from structrl.envs.babyai import GOALS, FullyObservedBot, make_goto_local_env, r
 from structrl.envs.block_pushing import BlockPushingEnv
 from structrl.envs.minigrid import MissionTokenWrapper, make_minigrid_env, mission_vocabulary
 from structrl.envs.registration import register_envs
+from structrl.envs.timeouts import TimeoutAsTermination
 
 __all__ = [
     "GOALS",
@@ -12,6 +13,7 @@ __all__ = [
     "CswmAtariWrapper",
     "FullyObservedBot",
     "MissionTokenWrapper",
+    "TimeoutAsTermination",
     "make_cswm_atari_env",
     "make_goto_local_env",
     "make_minigrid_env",
