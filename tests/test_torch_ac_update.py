@@ -164,6 +164,7 @@ def test_update_rule_survives_save_and_load(tmp_path: Path) -> None:
         (dict(bptt_length=None), "set bptt_length to a divisor of n_steps and batch_size"),
         (dict(bptt_length=5), r"bptt_length=5, n_steps=16, batch_size=8"),
         (dict(policy_kwargs=None), "use structrl's RIMPolicy or MiniGridLstmPolicy with policy_kwargs"),
+        (dict(target_kl=0.01, clip_range_vf=0.2), "has no target_kl or clip_range_vf"),
     ],
 )
 def test_bad_settings_are_named(kwargs: dict[str, Any], message: str) -> None:

@@ -98,9 +98,10 @@ class RecurrentPPO(ContribRecurrentPPO):
     ``update_rule="torch_ac"`` trains with the update of torch_ac, which the RIM seed used
     (:mod:`structrl.agents.torch_ac_update`): chunks of ``bptt_length`` steps, every other epoch shifted by
     half a chunk, memories refreshed during the update, the larger of the unclipped and clipped value
-    losses, advantages unnormalised. It needs ``bptt_length``, ``n_steps`` and ``batch_size`` that are
-    multiples of it, and a policy whose one memory both losses train (``shared_memory_value_gradient``).
-    ``normalize_advantage``, ``clip_range_vf`` and ``target_kl`` do not apply to it.
+    losses, advantages unnormalised. It needs ``bptt_length``, with ``n_steps`` and ``batch_size`` multiples
+    of it, and a policy whose one memory both losses train (``shared_memory_value_gradient``). It has no
+    early stopping and clips the value loss with ``clip_range``, so it refuses ``target_kl`` and
+    ``clip_range_vf``; ``normalize_advantage`` does not apply to it.
 
     :param args: :class:`sb3_contrib.RecurrentPPO` arguments (policy, env...)
     :param bptt_length: the longest training sequence in steps, or ``None`` for whole pieces
@@ -122,6 +123,12 @@ class RecurrentPPO(ContribRecurrentPPO):
                     "update_rule='torch_ac' cuts the rollout into chunks of bptt_length steps: set "
                     "bptt_length to a divisor of n_steps and batch_size (got "
                     f"bptt_length={bptt_length}, n_steps={n_steps}, batch_size={batch_size})"
+                )
+            ignored = [key for key in ("target_kl", "clip_range_vf") if kwargs.get(key) is not None]
+            if ignored:
+                raise ValueError(
+                    f"update_rule='torch_ac' has no {' or '.join(ignored)} (it never stops early and clips "
+                    "the value loss with clip_range): leave them out or use update_rule='sb3'"
                 )
         self.bptt_length = bptt_length
         self.update_rule = update_rule
