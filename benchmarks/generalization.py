@@ -52,6 +52,9 @@ are kept); its runs go to ``...-torchacinit``. ``--torch-ac-update`` trains with
 (``RecurrentPPO(update_rule="torch_ac")``: chunks of ``--bptt-length`` steps with every other epoch shifted
 by half a chunk, memories refreshed during the update, the larger of the unclipped and clipped value losses,
 advantages unnormalised); it includes ``--torch-ac-losses``, and its runs go to ``...-torchacupd``.
+``--row-normalized-init``, with ``--torch-ac-init``, replaces PyTorch's default init of the linear layers by
+the seed's exact one: Gaussian weights with unit-norm rows and zero biases on the heads and the RIM's
+key/value projection (``row_normalized_init=True``; runs in ``...-torchacinit-rownorm``).
 """
 
 from __future__ import annotations
@@ -200,8 +203,9 @@ def run_one(args: argparse.Namespace, variant: str | None, seed: int, run_dir: P
         if args.torch_ac_init:  # PyTorch's default layer init; the entry's optimiser settings but eps
             entry = config.hyperparams.get("policy_kwargs") or "dict()"
             optimizer_kwargs = {**eval_policy_kwargs(entry).get("optimizer_kwargs", {}), "eps": TORCH_AC_EPS}
+            row_normalized = ", row_normalized_init=True" if args.row_normalized_init else ""
             config.hyperparams["policy_kwargs"] = (
-                f"dict({entry}, ortho_init=False, optimizer_kwargs={optimizer_kwargs!r})"
+                f"dict({entry}, ortho_init=False{row_normalized}, optimizer_kwargs={optimizer_kwargs!r})"
             )
         if args.memory is not None:
             entry = config.hyperparams.get("policy_kwargs") or "dict()"
@@ -349,6 +353,12 @@ def main(argv: list[str] | None = None) -> int:
         "(runs in *-torchacinit)",
     )
     parser.add_argument(
+        "--row-normalized-init",
+        action="store_true",
+        help="with --torch-ac-init: the seed's Gaussian linear layers with unit-norm rows and zero biases "
+        "(runs in *-torchacinit-rownorm)",
+    )
+    parser.add_argument(
         "--seed-cell-state",
         action="store_true",
         help="RIM only: rebuild the cell state from the hidden state before every step, as the seed's "
@@ -401,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             + ("-torchac" if args.torch_ac_losses else "")
             + ("-torchacupd" if args.torch_ac_update else "")
             + ("-torchacinit" if args.torch_ac_init else "")
+            + ("-rownorm" if args.row_normalized_init else "")
             + ("-seedcell" if args.seed_cell_state else "")
             + ("-seedattn" if args.seed_attention else "")
             + ("-seedupd" if args.seed_update else "")
@@ -420,6 +431,11 @@ def main(argv: list[str] | None = None) -> int:
             "--torch-ac-update is torch_ac's PPO update, its losses included, on chunks of --bptt-length "
             "steps of one memory: use it with --algo ppo and a positive --bptt-length, without "
             "--torch-ac-losses and --separate-memories"
+        )
+    if args.row_normalized_init and not args.torch_ac_init:
+        parser.error(
+            "--row-normalized-init refines --torch-ac-init's PyTorch-default layers into the seed's "
+            "row-normalised ones: add --torch-ac-init"
         )
     if args.bptt_length < 0:
         parser.error(
@@ -502,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
          "deterministic": args.deterministic, "bptt_length": args.bptt_length or None,
          "memory": args.memory or "zoo", "torch_ac_losses": args.torch_ac_losses,
          "torch_ac_update": args.torch_ac_update, "torch_ac_init": args.torch_ac_init,
+         "row_normalized_init": args.row_normalized_init,
          "seed_cell_state": args.seed_cell_state, "seed_attention": args.seed_attention,
          "seed_update": args.seed_update, "seed_dropout": args.seed_dropout,
          "seed_timeouts": args.seed_timeouts,

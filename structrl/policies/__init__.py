@@ -20,6 +20,7 @@ from structrl.policies.minigrid_policies import MiniGridCnnPolicy, MiniGridLstmP
 from structrl.policies.mvprop import MVProp2D, MVPropExtractor, MVPropPlanner, MVPropPolicy, QHead
 from structrl.policies.rim import RIM, RIMCell, compile_rim
 from structrl.policies.rim_policy import RIMCore, RIMPolicy
+from structrl.policies.row_normalized_init import row_normalized_init_
 from structrl.policies.shared_memory import SharedMemoryRecurrentPolicy
 
 __all__ = [
@@ -50,5 +51,6 @@ __all__ = [
     "ground_words",
     "grounding_accuracy",
     "language_policy_kwargs",
+    "row_normalized_init_",
     "sparsity_penalty",
 ]

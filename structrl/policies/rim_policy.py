@@ -12,6 +12,7 @@ from torch import nn
 
 from structrl.policies.minigrid_policies import with_minigrid_defaults
 from structrl.policies.rim import RIM
+from structrl.policies.row_normalized_init import row_normalized_init_
 from structrl.policies.shared_memory import SharedMemoryRecurrentPolicy
 
 #: RIM settings of the seed's MiniGrid agent (input values of 64); attention dropout is off because SB3
@@ -139,9 +140,12 @@ class RIMPolicy(SharedMemoryRecurrentPolicy):
         )
 
     def _make_core(self) -> RIMCore:
-        return RIMCore(
+        core = RIMCore(
             self.features_dim, self.n_units, self.unit_size, self.k_active, self.rim_cell, self.rim_kwargs
         )
+        if self.row_normalized_init:
+            row_normalized_init_(core)
+        return core
 
     @staticmethod
     def _process_sequence(  # type: ignore[override]

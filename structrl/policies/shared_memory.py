@@ -17,6 +17,8 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.type_aliases import Schedule
 
+from structrl.policies.row_normalized_init import row_normalized_init_
+
 
 class SharedMemoryRecurrentPolicy(RecurrentActorCriticPolicy):
     """
@@ -28,6 +30,9 @@ class SharedMemoryRecurrentPolicy(RecurrentActorCriticPolicy):
     :param lr_schedule: Learning-rate schedule.
     :param shared_memory_value_gradient: Let the value loss's gradient reach the memory that actor and
         critic share; needs ``shared_lstm=True`` (sb3-contrib detaches the critic's input there).
+    :param row_normalized_init: Initialise every linear layer as torch_ac did (see
+        :func:`structrl.policies.row_normalized_init.row_normalized_init_`) instead of SB3's orthogonal init;
+        needs ``ortho_init=False``, so that the convolutions keep PyTorch's default init as in the seed.
     :param kwargs: Any :class:`sb3_contrib.common.recurrent.policies.RecurrentActorCriticPolicy` argument.
     """
 
@@ -37,14 +42,21 @@ class SharedMemoryRecurrentPolicy(RecurrentActorCriticPolicy):
         action_space: spaces.Space,
         lr_schedule: Schedule,
         shared_memory_value_gradient: bool = False,
+        row_normalized_init: bool = False,
         **kwargs: Any,
     ) -> None:
         assert not shared_memory_value_gradient or kwargs.get("shared_lstm", False), (
             "shared_memory_value_gradient=True trains a memory shared by actor and critic: also pass "
             "shared_lstm=True and enable_critic_lstm=False"
         )
+        assert not row_normalized_init or not kwargs.get("ortho_init", True), (
+            "row_normalized_init=True replaces SB3's orthogonal init: also pass ortho_init=False"
+        )
         self.shared_memory_value_gradient = shared_memory_value_gradient
+        self.row_normalized_init = row_normalized_init
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+        if row_normalized_init:
+            row_normalized_init_(self)
 
     def evaluate_actions(  # type: ignore[override]
         self, obs: th.Tensor, actions: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor
@@ -96,5 +108,8 @@ class SharedMemoryRecurrentPolicy(RecurrentActorCriticPolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(shared_memory_value_gradient=self.shared_memory_value_gradient)
+        data.update(
+            shared_memory_value_gradient=self.shared_memory_value_gradient,
+            row_normalized_init=self.row_normalized_init,
+        )
         return data
