@@ -46,7 +46,7 @@ loss clipped with the policy's clip range (``clip_range_vf``; SB3 keeps only the
 takes the larger of the clipped and unclipped ones) and advantages left unnormalised
 (``normalize_advantage=False``); its runs go to ``...-torchac``. ``--torch-ac-init`` starts the network
 the seed's way instead of SB3's: PyTorch's default layer initialisation rather than orthogonal layers with a
-0.01-gain policy head (``ortho_init=False``, the nearest to the seed's row-normalised Gaussian layers), and
+0.01-gain policy head (``ortho_init=False``; ``--row-normalized-init`` adds the seed's exact layers), and
 the optimiser's epsilon at torch_ac's 1e-8 rather than the zoo's 1e-5 (the entry's other optimiser settings
 are kept); its runs go to ``...-torchacinit``. ``--torch-ac-update`` trains with torch_ac's whole PPO update
 (``RecurrentPPO(update_rule="torch_ac")``: chunks of ``--bptt-length`` steps with every other epoch shifted
